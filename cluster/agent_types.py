@@ -1,0 +1,35 @@
+"""Agent types: a platform a job can ask for. Each is a sandbox image plus the runner inside it.
+
+A node offers an agent type by advertising a Ray custom resource of the same name whose count is
+its number of sandbox slots; a job's Ray task asks for one unit of it.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentType:
+    name: str  #: the job's `agentType` and the Ray custom resource
+    image: str  #: local Docker image (see sandbox-image/)
+    command: tuple[str, ...]  #: the runner; it reads the script from stdin
+    work_dir: str = "/sandbox"  #: the script's clean, size-limited disk (a tmpfs)
+    user: str = "10001:10001"  #: non-root uid:gid inside the image
+    description: str = ""
+
+
+MONO_6 = AgentType(
+    name="linux-amd64-mono-6",
+    image="dotnet-scripts/mono-6",
+    command=("mono", "--debug", "-O=-inline", "/opt/csrun/csrun.exe"),
+    description="C# 7.2 scripts (.csx semantics) on Debian's Mono 6.8; builds offline",
+)
+
+DOTNET_7 = AgentType(
+    name="linux-amd64-dotnet-7",
+    image="dotnet-scripts/dotnet-7",
+    command=("/opt/csrun/run.sh",),
+    description="dotnet-script on the .NET 7 SDK; its image needs a container registry to build",
+)
+
+#: every agent type this code knows how to run; Settings.agent_types picks the enabled ones
+CATALOGUE: dict[str, AgentType] = {t.name: t for t in (MONO_6, DOTNET_7)}

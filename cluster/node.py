@@ -1,0 +1,60 @@
+"""Nodes that offer agent types: a node advertises one Ray custom resource per agent type, with
+its number of sandbox slots as the count, so Ray never runs more sandboxes there than it has slots.
+
+    python -m cluster.node head   --agent-type linux-amd64-mono-6=4    # a head that is also a worker
+    python -m cluster.node worker --address HEAD:6379 --agent-type linux-amd64-mono-6=2
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from cluster.agent_types import CATALOGUE
+
+
+def parse_offer(text: str) -> tuple[str, int]:
+    """`NAME=SLOTS` (or just NAME, one slot) → (name, slots); the name must be in the catalogue."""
+    name, _, slots = text.partition("=")
+    if name not in CATALOGUE:
+        raise ValueError(f"unknown agent type {name!r}; known: {', '.join(sorted(CATALOGUE))}")
+    n = int(slots) if slots else 1
+    if n < 0:
+        raise ValueError("slots must be >= 0")
+    return name, n
+
+
+def node_resources(offers: dict[str, int]) -> dict[str, float]:
+    return {name: float(slots) for name, slots in offers.items() if slots > 0}
+
+
+def ray_start_args(role: str, offers: dict[str, int], address: str = "", port: int = 6379) -> list[str]:
+    args = ["ray", "start", "--resources", json.dumps(node_resources(offers))]
+    if role == "head":
+        args += ["--head", f"--port={port}", "--dashboard-host=127.0.0.1"]
+    else:
+        args += [f"--address={address}"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cluster.node", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("role", choices=["head", "worker"])
+    p.add_argument("--agent-type", action="append", default=[], metavar="NAME=SLOTS")
+    p.add_argument("--address", default="", help="head's GCS address (workers)")
+    p.add_argument("--port", type=int, default=6379, help="GCS port (head)")
+    a = p.parse_args(argv)
+    if a.role == "worker" and not a.address:
+        p.error("a worker needs --address")
+    try:
+        offers = dict(parse_offer(o) for o in a.agent_type)
+    except ValueError as e:
+        p.error(str(e))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    return subprocess.call(ray_start_args(a.role, offers, a.address, a.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

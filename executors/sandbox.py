@@ -1,0 +1,190 @@
+"""One script, one fresh container: the sandbox runner that executes on a node.
+
+The container's configuration is a frozen record turned into `docker run` arguments by a pure
+function (`docker_run_args`). The script reaches the runner on stdin, never on a command line.
+The container is named after the job, killed by name on timeout and always removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+log = logging.getLogger(__name__)
+
+CONTAINER_PREFIX = "dotnet-scripts-job-"
+LABEL = "dotnet-scripts.job"  #: every sandbox carries it, so orphans can be found and reaped
+DOCKER_ERROR = 125  #: `docker run` itself failed (daemon, image, options): not the script's fault
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_time_s: float = 60.0  #: wall clock from container start to exit, compile included
+    memory_mb: int = 512  #: RAM; swap is set equal so the container cannot swap
+    cpus: float = 1.0  #: CPU quota in cores
+    pids: int = 128  #: processes + threads (cgroup, plus RLIMIT_NPROC inside: runsc ignores the cgroup)
+    nofile: int = 256  #: open files per process
+    disk_mb: int = 64  #: the work dir (tmpfs)
+    tmp_mb: int = 16  #: /tmp (tmpfs)
+    output_bytes: int = 1 << 20  #: per stream; the rest is dropped and the result marked truncated
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    job_id: str
+    image: str
+    command: tuple[str, ...]
+    runtime: str = "runsc"  #: "runc" only for development: it shares the host kernel
+    user: str = "10001:10001"
+    work_dir: str = "/sandbox"
+    network: str = "none"
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def name(self) -> str:
+        return CONTAINER_PREFIX + self.job_id
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int | None  #: None when the run was killed for its time limit
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    out_of_memory: bool
+    started_at: datetime
+    finished_at: datetime
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be run (Docker, image, runtime): our fault, not the script's."""
+
+
+def docker_run_args(spec: SandboxSpec) -> list[str]:
+    """The `docker run` argument list for a spec (without the leading `docker`)."""
+    lim = spec.limits
+    uid, _, gid = spec.user.partition(":")
+    tmpfs_opts = f"rw,nosuid,nodev,exec,uid={uid},gid={gid or uid},mode=0700"
+    return [
+        "run", "--interactive",
+        "--name", spec.name,
+        "--label", f"{LABEL}={spec.job_id}",
+        "--label", f"{LABEL}.deadline={int(time.time() + lim.wall_time_s + 60)}",
+        "--runtime", spec.runtime,
+        "--network", spec.network,
+        "--user", spec.user,
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+        "--read-only",
+        "--tmpfs", f"{spec.work_dir}:{tmpfs_opts},size={lim.disk_mb}m",
+        "--tmpfs", f"/tmp:{tmpfs_opts},size={lim.tmp_mb}m",
+        "--workdir", spec.work_dir,
+        "--memory", f"{lim.memory_mb}m",
+        "--memory-swap", f"{lim.memory_mb}m",
+        "--cpus", f"{lim.cpus:g}",
+        "--pids-limit", str(lim.pids),
+        "--ulimit", f"nproc={lim.pids}:{lim.pids}",
+        "--ulimit", f"nofile={lim.nofile}:{lim.nofile}",
+        "--ulimit", "core=0:0",
+        "--log-driver", "none",
+        "--env", "DOTNET_CLI_TELEMETRY_OPTOUT=1",
+        "--hostname", "sandbox",
+        spec.image,
+        *spec.command,
+    ]
+
+
+class _CappedReader(threading.Thread):
+    """Reads a stream to its end, keeping at most `cap` bytes: memory stays flat on a flood."""
+
+    def __init__(self, stream, cap: int):
+        super().__init__(daemon=True)
+        self.stream, self.cap = stream, cap
+        self.data = bytearray()
+        self.truncated = False
+
+    def run(self) -> None:
+        while chunk := self.stream.read1(65536):
+            room = self.cap - len(self.data)
+            if len(chunk) > room:
+                self.truncated = True
+            if room > 0:
+                self.data += chunk[:room]
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+def _docker(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def remove_container(name: str) -> None:
+    _docker("rm", "--force", "--volumes", name)
+
+
+def run_sandbox(spec: SandboxSpec, script: str) -> Outcome:
+    """Runs `script` in a fresh container and returns how it ended. Raises SandboxError."""
+    started = datetime.now(timezone.utc)
+    proc = subprocess.Popen(
+        ["docker", *docker_run_args(spec)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out = _CappedReader(proc.stdout, spec.limits.output_bytes)
+    err = _CappedReader(proc.stderr, spec.limits.output_bytes)
+    out.start()
+    err.start()
+    timed_out = False
+    try:
+        feeder = threading.Thread(target=_feed, args=(proc, script.encode()), daemon=True)
+        feeder.start()
+        try:
+            proc.wait(timeout=spec.limits.wall_time_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _docker("kill", spec.name)
+            proc.wait(timeout=30)
+        out.join(10)
+        err.join(10)
+        finished = datetime.now(timezone.utc)
+        state = _state(spec.name)
+        if state is None or (proc.returncode == DOCKER_ERROR and not state.get("StartedAt", "").strip("0-:TZ.")):
+            raise SandboxError(f"sandbox did not start: {err.text().strip()[:500]}")
+        oom = bool(state.get("OOMKilled"))
+        return Outcome(
+            exit_code=None if timed_out else state.get("ExitCode", proc.returncode),
+            stdout=out.text(), stderr=err.text(),
+            stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+            timed_out=timed_out, out_of_memory=oom,
+            started_at=started, finished_at=finished,
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        remove_container(spec.name)
+
+
+def _feed(proc: subprocess.Popen, data: bytes) -> None:
+    try:
+        proc.stdin.write(data)
+    except (BrokenPipeError, OSError):
+        pass  # the script exited without reading everything: fine
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+
+def _state(name: str) -> dict | None:
+    res = _docker("inspect", "--format", "{{json .State}}", name)
+    if res.returncode != 0:
+        return None
+    return json.loads(res.stdout)

@@ -1,0 +1,29 @@
+"""The Ray task that runs one job on a node of its agent type.
+
+It is a streaming generator: its first item says the sandbox is starting on this node (the
+service marks the job RUNNING), its second is the outcome. Both travel through the object store.
+"""
+
+import ray
+
+from executors.sandbox import Outcome, SandboxError, SandboxSpec, remove_container, run_sandbox
+
+
+@ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
+def run_job(spec: SandboxSpec, script: str):
+    # num_cpus=0: the agent-type resource (one unit per sandbox slot) bounds concurrency, not CPUs
+    yield {"event": "RUNNING", "node_id": ray.get_runtime_context().get_node_id()}
+    try:
+        outcome: Outcome = run_sandbox(spec, script)
+    except SandboxError as e:
+        yield {"event": "ERROR", "reason": str(e)}
+        return
+    yield {"event": "FINISHED", "outcome": outcome}
+
+
+@ray.remote(num_cpus=0, max_retries=2)
+def stop_sandbox(job_id: str) -> None:
+    """Kills and removes a job's container; scheduled onto the node that runs it."""
+    from executors.sandbox import CONTAINER_PREFIX
+
+    remove_container(CONTAINER_PREFIX + job_id)

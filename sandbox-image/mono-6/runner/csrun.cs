@@ -1,0 +1,424 @@
+// csrun: runs one C# script (.csx semantics, like dotnet-script) on Mono.
+//
+// Mono has no Roslyn scripting, and its `csharp` shell exits 0 on errors and prints exceptions on
+// stdout. So csrun turns the script into an ordinary program (usings and types at namespace level,
+// top-level methods and static fields as static members, statements in a method whose return
+// value is the exit code), with `#line` directives so that compiler messages and stack traces
+// point into the script, compiles it with mcs in-process and runs it in-process.
+//
+// Contract: the script arrives on stdin (never on a command line); stdin is empty for the script.
+// Exit code: the script's `return N;`, Environment.Exit(n) or Environment.ExitCode; 1 for a compile
+// error or an uncaught exception. Compiler errors and warnings go to stderr.
+// Written for C# 7.2 (what Mono 6.8's mcs accepts), without local functions.
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Reflection;
+using System.Text;
+using System.Threading.Tasks;
+
+public static class CsRun
+{
+    public const string ScriptName = "script.csx";
+    const string ClassName = "Submission__Script";
+    const string EntryName = "Submission__Main";
+    static string buildDirectory = "";
+
+    static readonly string[] DefaultUsings = {
+        "System", "System.IO", "System.Collections.Generic", "System.Diagnostics", "System.Dynamic",
+        "System.Linq", "System.Linq.Expressions", "System.Text", "System.Threading.Tasks",
+    };
+    static readonly string[] References = {
+        "System.dll", "System.Core.dll", "Microsoft.CSharp.dll", "System.Numerics.dll",
+        "System.Net.Http.dll", "System.Xml.dll", "System.Xml.Linq.dll", "System.Data.dll",
+        "System.Runtime.Serialization.dll", "System.Web.Extensions.dll",
+    };
+
+    public static int Main(string[] args)
+    {
+        string mode = args.Length > 0 ? args[0] : "run";
+        string buildDir = Environment.GetEnvironmentVariable("CSRUN_BUILD_DIR");
+        if (string.IsNullOrEmpty(buildDir)) buildDir = Path.Combine(Path.GetTempPath(), "csrun-build");
+        string source = ReadAllStdin();
+        Console.SetIn(TextReader.Null);
+
+        Program program;
+        try { program = Transform(source); }
+        catch (ScriptError e) { Console.Error.WriteLine(e.Message); return 1; }
+        if (mode == "transform") { Console.Out.Write(program.Text); return 0; }
+
+        Directory.CreateDirectory(buildDir);
+        buildDirectory = Path.GetFullPath(buildDir).TrimEnd('/');
+        string exe = Path.Combine(buildDir, "script.dll");
+        if (!Compile(program.Text, Path.Combine(buildDir, "script.cs"), exe)) return 1;
+        if (mode == "compile") return 0;
+        return Execute(exe, program.IsAsync);
+    }
+
+    static string ReadAllStdin()
+    {
+        using (var stdin = Console.OpenStandardInput())
+        using (var reader = new StreamReader(stdin, new UTF8Encoding(false)))
+            return reader.ReadToEnd();
+    }
+
+    // ---- compile and run ----------------------------------------------------------------------
+
+    static bool Compile(string text, string csPath, string exePath)
+    {
+        File.WriteAllText(csPath, text, new UTF8Encoding(false));
+        var argv = new List<string> {
+            "-target:library", "-out:" + exePath, "-debug", "-nologo",
+            "-nowarn:1998", // top-level code is wrapped in an async method only when it awaits
+        };
+        string framework = Path.GetDirectoryName(typeof(object).Assembly.Location);
+        foreach (var r in References) if (File.Exists(Path.Combine(framework, r))) argv.Add("-r:" + r);
+        argv.Add(csPath);
+
+        // mcs.exe's Main ends with Environment.Exit, so drive its compiler directly (in-process:
+        // no second Mono start-up). Driver is internal; everything else is public API.
+        var compilerOutput = new StringWriter();
+        var settings = new Mono.CSharp.CommandLineParser(compilerOutput).ParseArguments(argv.ToArray());
+        bool ok = false;
+        if (settings != null)
+        {
+            var printer = new Mono.CSharp.StreamReportPrinter(compilerOutput);
+            var context = new Mono.CSharp.CompilerContext(settings, printer);
+            var driverType = typeof(Mono.CSharp.CompilerContext).Assembly.GetType("Mono.CSharp.Driver");
+            object driver = Activator.CreateInstance(driverType, BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic, null, new object[] { context }, null);
+            bool compiled = (bool)driverType.GetMethod("Compile", BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic).Invoke(driver, null);
+            ok = compiled && printer.ErrorsCount == 0;
+        }
+        foreach (var line in compilerOutput.ToString().Split('\n'))
+        {
+            string l = line.TrimEnd('\r');
+            if (l.Length == 0 || l.StartsWith("Compilation succeeded") || l.StartsWith("Compilation failed")) continue;
+            // mcs prints the file name we gave it for messages outside #line regions; show the script's
+            Console.Error.WriteLine(l.Replace(Path.GetDirectoryName(csPath) + "/", ""));
+        }
+        return ok && File.Exists(exePath);
+    }
+
+    static int Execute(string exe, bool isAsync)
+    {
+        var assembly = Assembly.LoadFile(exe);
+        var entry = assembly.GetType(ClassName).GetMethod(EntryName, BindingFlags.Public | BindingFlags.Static);
+        int code;
+        try
+        {
+            object result = entry.Invoke(null, null);
+            code = isAsync ? ((Task<int>)result).GetAwaiter().GetResult() : (int)result;
+        }
+        catch (TargetInvocationException e) { return Crash(e.InnerException ?? e); }
+        catch (Exception e) { return Crash(e); }
+        Console.Out.Flush();
+        Console.Error.Flush();
+        return code;
+    }
+
+    static int Crash(Exception e)
+    {
+        Console.Out.Flush();
+        // the frames below the script's entry are csrun's reflection call: not the user's business
+        var trace = new StringBuilder();
+        foreach (var line in e.ToString().Split('\n'))
+        {
+            if (line.Contains("System.Reflection.RuntimeMethodInfo") || line.Contains("System.Reflection.MethodBase.Invoke")) continue;
+            trace.Append(line.Replace(buildDirectory + "/", "")).Append('\n');
+        }
+        Console.Error.Write("Unhandled exception. " + trace);
+        Console.Error.Flush();
+        return 1;
+    }
+
+    // ---- the transformation -------------------------------------------------------------------
+
+    public sealed class ScriptError : Exception { public ScriptError(string m) : base(m) { } }
+
+    public sealed class Program { public string Text; public bool IsAsync; }
+
+    enum Kind { Using, Type, Member, Statement }
+
+    sealed class Token
+    {
+        public string Text; public int Start; public int End; public int Depth; public bool IsWord;
+        public override string ToString() { return Text; }
+    }
+
+    sealed class Chunk
+    {
+        public Kind Kind; public int Start; public int End; public List<Token> Tokens = new List<Token>();
+        public bool NeedsStatic;
+    }
+
+    static readonly HashSet<string> Modifiers = new HashSet<string> {
+        "public", "private", "protected", "internal", "static", "readonly", "const", "abstract",
+        "sealed", "virtual", "override", "extern", "unsafe", "partial", "volatile", "async",
+    };
+    static readonly HashSet<string> StatementWords = new HashSet<string> {
+        "return", "await", "throw", "new", "if", "else", "while", "for", "foreach", "do", "switch",
+        "using", "lock", "yield", "var", "case", "goto", "try", "fixed", "checked", "unchecked",
+        "break", "continue", "default", "typeof", "sizeof", "nameof", "this", "base", "delegate",
+    };
+    static readonly HashSet<string> TypeWords = new HashSet<string> { "class", "struct", "interface", "enum", "namespace" };
+
+    public static Program Transform(string source)
+    {
+        source = source.Replace("\r\n", "\n");
+        source = StripDirectives(source);
+        var tokens = Tokenize(source);
+        var chunks = Split(tokens);
+        var usings = new StringBuilder();
+        var types = new StringBuilder();
+        var members = new StringBuilder();
+        var body = new StringBuilder();
+        bool isAsync = false;
+        foreach (var c in chunks)
+        {
+            Classify(c);
+            string text = source.Substring(c.Start, c.End - c.Start);
+            int line = LineOf(source, c.Start);
+            string indent = new string(' ', c.Start - LineStart(source, c.Start));
+            if (c.Kind == Kind.Statement && c.Tokens.Exists(t => t.Text == "await")) isAsync = true;
+            var target = c.Kind == Kind.Using ? usings : c.Kind == Kind.Type ? types : c.Kind == Kind.Member ? members : body;
+            if (c.NeedsStatic) target.Append("static\n");
+            target.Append("#line ").Append(line).Append(" \"").Append(ScriptName).Append("\"\n");
+            target.Append(indent).Append(text).Append('\n');
+            target.Append("#line default\n");
+        }
+
+        var sb = new StringBuilder();
+        foreach (var u in DefaultUsings) sb.Append("using ").Append(u).Append(";\n");
+        sb.Append("using static System.Console;\n");
+        sb.Append(usings).Append(types);
+        sb.Append("public static class ").Append(ClassName).Append(" {\n").Append(members);
+        sb.Append("public static ").Append(isAsync ? "async Task<int> " : "int ").Append(EntryName).Append("() {\n");
+        sb.Append(body);
+        sb.Append("#pragma warning disable 162\nreturn System.Environment.ExitCode;\n#pragma warning restore 162\n}\n}\n");
+        return new Program { Text = sb.ToString(), IsAsync = isAsync };
+    }
+
+    static int LineOf(string s, int pos)
+    {
+        int line = 1;
+        for (int i = 0; i < pos; i++) if (s[i] == '\n') line++;
+        return line;
+    }
+
+    static int LineStart(string s, int pos)
+    {
+        int i = pos;
+        while (i > 0 && s[i - 1] != '\n') i--;
+        return i;
+    }
+
+    // `#r` and `#load` are script directives, not C#: blank them out (keeping line numbers).
+    static string StripDirectives(string source)
+    {
+        var lines = source.Split('\n');
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string t = lines[i].TrimStart();
+            if (t.StartsWith("#!")) { lines[i] = ""; continue; } // a shebang line
+            if (t.StartsWith("#r ") || t.StartsWith("#r\"") || t.StartsWith("#load ") || t.StartsWith("#load\""))
+                throw new ScriptError(string.Format(
+                    "{0}({1},1): error CSX0001: '{2}' is not supported on this agent type yet",
+                    ScriptName, i + 1, t.StartsWith("#r") ? "#r" : "#load"));
+        }
+        return string.Join("\n", lines);
+    }
+
+    static List<Token> Tokenize(string s)
+    {
+        var tokens = new List<Token>();
+        int depth = 0;
+        int i = 0;
+        while (i < s.Length)
+        {
+            char c = s[i];
+            if (char.IsWhiteSpace(c)) { i++; continue; }
+            if (c == '/' && i + 1 < s.Length && s[i + 1] == '/') { while (i < s.Length && s[i] != '\n') i++; continue; }
+            if (c == '/' && i + 1 < s.Length && s[i + 1] == '*')
+            {
+                int end = s.IndexOf("*/", i + 2, StringComparison.Ordinal);
+                i = end < 0 ? s.Length : end + 2;
+                continue;
+            }
+            if (c == '#' && IsLineStart(s, i)) { while (i < s.Length && s[i] != '\n') i++; continue; }
+            int start = i;
+            if (c == '"' || c == '\'' || ((c == '@' || c == '$') && i + 1 < s.Length && (s[i + 1] == '"' || s[i + 1] == '@' || s[i + 1] == '$')))
+            {
+                i = SkipLiteral(s, i);
+                tokens.Add(new Token { Text = "\"", Start = start, End = i, Depth = depth });
+                continue;
+            }
+            if (char.IsLetterOrDigit(c) || c == '_' || c == '@')
+            {
+                i++;
+                while (i < s.Length && (char.IsLetterOrDigit(s[i]) || s[i] == '_')) i++;
+                tokens.Add(new Token { Text = s.Substring(start, i - start), Start = start, End = i, Depth = depth, IsWord = true });
+                continue;
+            }
+            if (c == '=' && i + 1 < s.Length && s[i + 1] == '>') i += 2; else i++;
+            string text = s.Substring(start, i - start);
+            if (text == "}" || text == ")" || text == "]") depth = Math.Max(0, depth - 1);
+            tokens.Add(new Token { Text = text, Start = start, End = i, Depth = depth });
+            if (text == "{" || text == "(" || text == "[") depth++;
+        }
+        return tokens;
+    }
+
+    static bool IsLineStart(string s, int i)
+    {
+        for (int j = i - 1; j >= 0 && s[j] != '\n'; j--) if (!char.IsWhiteSpace(s[j])) return false;
+        return true;
+    }
+
+    // Skips a string or char literal starting at i (including @"", $"", $@"" forms); returns the end.
+    static int SkipLiteral(string s, int i)
+    {
+        bool verbatim = false, interpolated = false;
+        while (s[i] == '@' || s[i] == '$') { if (s[i] == '@') verbatim = true; else interpolated = true; i++; }
+        char quote = s[i++];
+        while (i < s.Length)
+        {
+            char c = s[i];
+            if (c == '\\' && !verbatim) { i += 2; continue; }
+            if (c == quote)
+            {
+                if (verbatim && i + 1 < s.Length && s[i + 1] == quote) { i += 2; continue; }
+                return i + 1;
+            }
+            if (c == '\n' && !verbatim) return i; // unterminated: let the compiler report it
+            if (interpolated && c == '{')
+            {
+                if (i + 1 < s.Length && s[i + 1] == '{') { i += 2; continue; }
+                i = SkipHole(s, i + 1);
+                continue;
+            }
+            i++;
+        }
+        return i;
+    }
+
+    // Skips the expression of an interpolation hole up to and including its closing brace.
+    static int SkipHole(string s, int i)
+    {
+        int depth = 0;
+        while (i < s.Length)
+        {
+            char c = s[i];
+            if (c == '"' || c == '\'' || ((c == '@' || c == '$') && i + 1 < s.Length && (s[i + 1] == '"' || s[i + 1] == '@' || s[i + 1] == '$')))
+            { i = SkipLiteral(s, i); continue; }
+            if (c == '{' || c == '(' || c == '[') depth++;
+            else if (c == '}' && depth == 0) return i + 1;
+            else if (c == '}' || c == ')' || c == ']') depth--;
+            i++;
+        }
+        return i;
+    }
+
+    static readonly HashSet<string> Continuations = new HashSet<string> {
+        "else", "catch", "finally", ";", ")", ",", ".", "?", ":", "=", "+", "-", "*", "/", "&", "|", "=>", "[", "(",
+    };
+
+    // Splits the token stream into top-level chunks: a chunk ends at `;` at depth 0, or at a `}`
+    // back to depth 0 that no continuation (else, catch, `;`, an operator...) follows.
+    static List<Chunk> Split(List<Token> tokens)
+    {
+        var chunks = new List<Chunk>();
+        Chunk current = null;
+        for (int k = 0; k < tokens.Count; k++)
+        {
+            var t = tokens[k];
+            if (current == null) current = new Chunk { Start = t.Start };
+            current.Tokens.Add(t);
+            bool end = false;
+            if (t.Depth == 0 && t.Text == ";") end = true;
+            else if (t.Depth == 0 && t.Text == "}")
+            {
+                var next = k + 1 < tokens.Count ? tokens[k + 1] : null;
+                bool isDo = current.Tokens[0].Text == "do";
+                end = next == null || !(Continuations.Contains(next.Text) || (isDo && next.Text == "while"));
+            }
+            if (end || k == tokens.Count - 1)
+            {
+                current.End = t.End;
+                chunks.Add(current);
+                current = null;
+            }
+        }
+        return chunks;
+    }
+
+    static void Classify(Chunk c)
+    {
+        var top = c.Tokens.FindAll(t => t.Depth == 0);
+        int i = 0;
+        while (i + 1 < top.Count && top[i].Text == "[" && top[i + 1].Text == "]") i += 2; // attributes
+        bool hasStatic = false, hasModifier = false;
+        while (i < top.Count && Modifiers.Contains(top[i].Text))
+        {
+            hasModifier = true;
+            if (top[i].Text == "static" || top[i].Text == "const") hasStatic = true;
+            i++;
+        }
+        if (i >= top.Count) { c.Kind = Kind.Statement; return; }
+        string first = top[i].Text;
+        if (first == "using" && i + 1 < top.Count && top[i + 1].Text != "(") { c.Kind = Kind.Using; return; }
+        if (TypeWords.Contains(first) || (first == "delegate" && i + 2 < top.Count && top[i + 2].IsWord)) { c.Kind = Kind.Type; return; }
+        if (!hasModifier && StatementWords.Contains(first)) { c.Kind = Kind.Statement; return; }
+        if (IsMethod(top, i) || IsProperty(c, top, i) || (hasModifier && top[i].IsWord))
+        {
+            // a member with its own modifiers (`static int n;`, `public int P {get;}`) or a method
+            c.Kind = Kind.Member;
+            c.NeedsStatic = !hasStatic;
+            if (c.NeedsStatic && top[0].Text == "[") throw new ScriptError(string.Format(
+                "{0}: error CSX0002: declare top-level members with attributes as static", ScriptName));
+            return;
+        }
+        c.Kind = Kind.Statement;
+    }
+
+    // TYPE NAME[<T>] ( ... ) followed by `{`, `=>` or `where`
+    static bool IsMethod(List<Token> top, int i)
+    {
+        int paren = top.FindIndex(i, t => t.Text == "(");
+        if (paren < i + 2) return false;
+        int name = paren - 1;
+        if (top[name].Text == ">") // generic method: skip back over <...>
+        {
+            int level = 0;
+            for (; name > i; name--)
+            {
+                if (top[name].Text == ">") level++;
+                else if (top[name].Text == "<" && --level == 0) break;
+            }
+            name--;
+        }
+        if (name <= i || !top[name].IsWord || StatementWords.Contains(top[name].Text)) return false;
+        var before = top[name - 1];
+        if (!(before.IsWord || before.Text == ">" || before.Text == "]" || before.Text == "?")) return false;
+        if (before.IsWord && StatementWords.Contains(before.Text)) return false;
+        for (int j = i; j < name; j++)
+            if (top[j].Text == "=" || top[j].Text == "(" || top[j].Text == "\"") return false;
+        int close = paren + 1; // `)` of the parameter list is the next depth-0 token after `(`
+        if (close >= top.Count || top[close].Text != ")") return false;
+        if (close + 1 >= top.Count) return false;
+        string after = top[close + 1].Text;
+        return after == "{" || after == "=>" || after == "where";
+    }
+
+    // TYPE NAME { get/set ... }
+    static bool IsProperty(Chunk c, List<Token> top, int i)
+    {
+        int brace = top.FindIndex(i, t => t.Text == "{");
+        if (brace < i + 2 || !top[brace - 1].IsWord) return false;
+        for (int j = i; j < brace; j++) if (!(top[j].IsWord || top[j].Text == "<" || top[j].Text == ">" || top[j].Text == "." || top[j].Text == "?" || top[j].Text == ",")) return false;
+        int k = c.Tokens.IndexOf(top[brace]) + 1;
+        if (k >= c.Tokens.Count) return false;
+        while (k < c.Tokens.Count && (Modifiers.Contains(c.Tokens[k].Text) || c.Tokens[k].Text == "[")) k++;
+        string inner = k < c.Tokens.Count ? c.Tokens[k].Text : "";
+        return inner == "get" || inner == "set";
+    }
+}

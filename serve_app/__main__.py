@@ -1,0 +1,46 @@
+"""`python -m serve_app`: the whole service on one machine, until Ctrl-C or SIGTERM.
+
+Joins the Ray cluster at RAY_ADDRESS, or starts a local head that offers LOCAL_SLOTS sandbox
+slots of each enabled agent type; then runs the Serve deployment on HOST:PORT.
+"""
+
+import logging
+import os
+import signal
+import threading
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from cluster.node import node_resources  # noqa: E402
+from serve_app.app import build  # noqa: E402
+from serve_app.config import get_settings  # noqa: E402
+
+log = logging.getLogger("dotnet_scripts")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    if settings.ray_address:
+        ray.init(address=settings.ray_address)
+    else:
+        offers = {t: settings.local_slots for t in settings.agent_types}
+        ray.init(resources=node_resources(offers), include_dashboard=True, dashboard_host="127.0.0.1")
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build(settings), name="dotnet-scripts", route_prefix="/", blocking=False)
+    log.info("dotnet-scripts is up on http://%s:%d (Swagger UI: /swagger-ui)", settings.host, settings.port)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

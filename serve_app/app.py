@@ -1,0 +1,76 @@
+"""The FastAPI application and the Ray Serve deployment that hosts it."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app import deps, health, jobs
+from serve_app.config import Settings
+from serve_app.dispatch import Dispatcher
+from serve_app.store import JobStore
+
+log = logging.getLogger("dotnet_scripts.api")
+
+app = FastAPI(
+    title="dotnet-scripts",
+    description="Runs C# scripts in isolated, resource-limited gVisor sandboxes on a Ray cluster "
+                "and keeps their STDOUT, STDERR and outcome for the client to fetch.",
+    version="0.1.0",
+    openapi_url="/api-docs",
+    docs_url="/swagger-ui",
+    redoc_url=None,
+)
+app.include_router(jobs.router)
+app.include_router(health.router)
+
+
+@app.get("/api-docs.yaml", include_in_schema=False)
+def openapi_yaml() -> Response:
+    import yaml  # comes with ray
+
+    return Response(yaml.safe_dump(app.openapi(), sort_keys=False), media_type="application/yaml")
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(_request: Request, exc: RequestValidationError):
+    problems = []
+    for e in exc.errors():
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "string_pattern_mismatch":
+            msg = "must not be blank"
+        problems.append(f"{_field(e.get('loc', ()))}: {msg}")
+    return JSONResponse(status_code=400, content={"message": "invalid request: " + "; ".join(problems)})
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException):
+    return JSONResponse(status_code=exc.status_code, content={"message": str(exc.detail)})
+
+
+@app.exception_handler(Exception)
+async def _internal(_request: Request, exc: Exception):
+    log.exception("internal error")
+    return JSONResponse(status_code=500, content={"message": "internal error; the details are in the service's logs"})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class JobService:
+    def __init__(self, settings: dict):
+        logging.basicConfig(level=logging.INFO)
+        cfg = Settings(**settings)
+        store = JobStore(cfg.database_url)
+        deps.install(deps.Services(settings=cfg, store=store, dispatcher=Dispatcher(cfg, store)))
+
+
+def build(settings: Settings):
+    return JobService.options(num_replicas=settings.serve_replicas).bind(settings.model_dump())

@@ -1,0 +1,32 @@
+"""What the endpoints need, set up once per replica by the Serve deployment.
+
+Serve hands each replica its own copy of the FastAPI app, so the replica's objects live here,
+in the replica's process, rather than on `app.state` of the module's app.
+"""
+
+from dataclasses import dataclass
+
+from serve_app.config import Settings
+from serve_app.dispatch import Dispatcher
+from serve_app.store import JobStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    dispatcher: Dispatcher
+
+
+_services: Services | None = None
+
+
+def install(services: Services) -> None:
+    global _services
+    _services = services
+
+
+def get_services() -> Services:
+    if _services is None:
+        raise RuntimeError("the replica has not been set up")
+    return _services

@@ -1,0 +1,99 @@
+"""From a stored job to a Ray task on a node of its agent type, and from its outcome to a result."""
+
+import asyncio
+import logging
+import uuid
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from cluster.agent_types import CATALOGUE
+from executors.sandbox import Limits, Outcome, SandboxSpec
+from executors.task import run_job, stop_sandbox
+from serve_app.config import Settings
+from serve_app.models import FinishedWith, JobResult, JobStatus
+from serve_app.store import JobStore
+
+log = logging.getLogger("dotnet_scripts.jobs")
+
+
+def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str) -> SandboxSpec:
+    t = CATALOGUE[agent_type]
+    limits = Limits(
+        wall_time_s=settings.wall_time_s, memory_mb=settings.memory_mb, cpus=settings.cpus,
+        pids=settings.pids, nofile=settings.nofile, disk_mb=settings.disk_mb,
+        tmp_mb=settings.tmp_mb, output_bytes=settings.output_bytes,
+    )
+    return SandboxSpec(job_id=str(job_id), image=t.image, command=t.command, runtime=settings.sandbox_runtime,
+                       user=t.user, work_dir=t.work_dir, limits=limits)
+
+
+def result_from_outcome(o: Outcome) -> JobResult:
+    """How a run ended, in the API's terms: the time limit wins, then exit code 0 means success."""
+    if o.timed_out:
+        finished = FinishedWith.TIME_LIMIT_EXCEEDED
+    elif o.exit_code == 0 and not o.out_of_memory:
+        finished = FinishedWith.SUCCEEDED
+    else:
+        finished = FinishedWith.FAILED
+    return JobResult(
+        finished_with=finished, stdout=o.stdout, stderr=o.stderr, exit_code=o.exit_code,
+        stdout_truncated=o.stdout_truncated, stderr_truncated=o.stderr_truncated,
+        out_of_memory=o.out_of_memory, started_at=o.started_at, finished_at=o.finished_at,
+        duration_ms=int((o.finished_at - o.started_at).total_seconds() * 1000),
+    )
+
+
+class Dispatcher:
+    """Starts each job's Ray task and records what comes back. Lives in an API replica."""
+
+    def __init__(self, settings: Settings, store: JobStore):
+        self.settings, self.store = settings, store
+        self.running: dict[uuid.UUID, tuple[asyncio.Task, object]] = {}
+
+    def submit(self, job_id: uuid.UUID, agent_type: str, script: str) -> None:
+        spec = sandbox_spec(self.settings, job_id, agent_type)
+        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script)
+        task = asyncio.get_running_loop().create_task(self._follow(job_id, gen))
+        self.running[job_id] = (task, gen)
+        task.add_done_callback(lambda _t: self.running.pop(job_id, None))
+
+    async def _follow(self, job_id: uuid.UUID, gen) -> None:
+        try:
+            async for ref in gen:
+                item = await ref
+                if item["event"] == "RUNNING":
+                    await asyncio.to_thread(self.store.transition, job_id, JobStatus.RUNNING, node_id=item["node_id"])
+                    log.info("job %s RUNNING node=%s", job_id, item["node_id"])
+                elif item["event"] == "FINISHED":
+                    result = result_from_outcome(item["outcome"])
+                    await asyncio.to_thread(self.store.transition, job_id, JobStatus.FINISHED, result=result)
+                    log.info("job %s FINISHED finishedWith=%s exitCode=%s stdout=<CONTENT OMITTED> stderr=<CONTENT OMITTED>",
+                             job_id, result.finished_with.value, result.exit_code)
+                else:
+                    await self._reject(job_id, "the sandbox could not be started on its node")
+                    log.error("job %s sandbox error: %s", job_id, item["reason"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # node lost, worker crashed, task cancelled...
+            log.warning("job %s lost: %s", job_id, type(e).__name__)
+            await self._reject(job_id, f"the job's task failed ({type(e).__name__}); it was not run to completion")
+
+    async def _reject(self, job_id: uuid.UUID, reason: str) -> None:
+        if await asyncio.to_thread(self.store.transition, job_id, JobStatus.REJECTED, reason=reason):
+            log.info("job %s REJECTED reason=%s", job_id, reason)
+
+    def stop(self, job_id: uuid.UUID, node_id: str | None) -> None:
+        """Stops a job's sandbox wherever it runs (the job row is already gone)."""
+        entry = self.running.pop(job_id, None)
+        if entry is not None:
+            task, gen = entry
+            task.cancel()
+            try:
+                ray.cancel(gen)  # a task still waiting for a slot never starts
+            except Exception:
+                log.debug("job %s: cancel failed", job_id, exc_info=True)
+        if node_id:
+            stop_sandbox.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+            ).remote(str(job_id))

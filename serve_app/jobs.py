@@ -1,0 +1,90 @@
+"""The /jobs resource."""
+
+import asyncio
+import logging
+import uuid
+
+from fastapi import APIRouter, Depends, HTTPException, Response, status
+
+from serve_app.deps import Services, get_services
+from serve_app.models import (
+    Job, JobCreated, JobRequest, JobRequestView, JobResultView, JobStatusView, JobView, Message,
+)
+
+log = logging.getLogger("dotnet_scripts.jobs")
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+NOT_FOUND = {404: {"model": Message, "description": "no job with this id"}}
+
+
+def _job(svc: Services, job_id: str) -> Job:
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        raise HTTPException(404, f"job {job_id!r} not found: job ids are UUIDs") from None
+    job = svc.store.get(key)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+@router.post(
+    "", status_code=201, response_model=JobCreated,
+    responses={200: {"model": JobCreated, "description": "the requestId was seen before: the existing job"},
+               400: {"model": Message, "description": "invalid request"},
+               413: {"model": Message, "description": "script too large"}},
+)
+async def create_job(body: JobRequest, response: Response, svc: Services = Depends(get_services)):
+    """Stores a job and starts it on a node of its agent type."""
+    settings = svc.settings
+    if body.payload.agent_type not in settings.agent_types:
+        raise HTTPException(400, f"unknown agentType {body.payload.agent_type!r}; "
+                                 f"known agent types: {', '.join(settings.agent_types)}")
+    size = len(body.payload.script.encode())
+    if size > settings.max_script_bytes:
+        raise HTTPException(413, f"script is {size} bytes; the limit is {settings.max_script_bytes}")
+    job, created = await asyncio.to_thread(svc.store.create, body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        log.info("job %s repeated requestId: not run again", job.id)
+        return JobCreated(job_id=job.id)
+    log.info("job %s PENDING agentType=%s sender=%s script=<CONTENT OMITTED>", job.id, job.agent_type, job.sender_id)
+    svc.dispatcher.submit(job.id, job.agent_type, body.payload.script)
+    return JobCreated(job_id=job.id)
+
+
+@router.get("/{job_id}", response_model=JobView, response_model_exclude_none=False, responses=NOT_FOUND)
+def get_job(job_id: str, svc: Services = Depends(get_services)):
+    job = _job(svc, job_id)
+    return JobView(job_id=job.id, request=job.request(), status=job.status,
+                   rejected_reason=job.rejected_reason, result=job.result())
+
+
+@router.get("/{job_id}/request", response_model=JobRequestView, responses=NOT_FOUND)
+def get_job_request(job_id: str, svc: Services = Depends(get_services)):
+    job = _job(svc, job_id)
+    return JobRequestView(job_id=job.id, request=job.request())
+
+
+@router.get("/{job_id}/status", response_model=JobStatusView, responses=NOT_FOUND)
+def get_job_status(job_id: str, svc: Services = Depends(get_services)):
+    job = _job(svc, job_id)
+    return JobStatusView(job_id=job.id, status=job.status, rejected_reason=job.rejected_reason)
+
+
+@router.get("/{job_id}/result", response_model=JobResultView, responses=NOT_FOUND)
+def get_job_result(job_id: str, svc: Services = Depends(get_services)):
+    job = _job(svc, job_id)
+    return JobResultView(job_id=job.id, result=job.result())
+
+
+@router.delete("/{job_id}", response_model=Message, responses=NOT_FOUND)
+async def delete_job(job_id: str, svc: Services = Depends(get_services)):
+    """Removes a job; a running job's sandbox is stopped."""
+    job = await asyncio.to_thread(_job, svc, job_id)
+    deleted = await asyncio.to_thread(svc.store.delete, job.id)
+    if deleted is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    svc.dispatcher.stop(job.id, deleted.node_id)
+    log.info("job %s DELETED (was %s)", job.id, deleted.status.value)
+    return Message(message=f"job {job.id} deleted")

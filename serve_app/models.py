@@ -1,0 +1,126 @@
+"""Jobs: the table, the request the client sends and the shapes the API answers with.
+
+JSON field names are camelCase, as in the original Java service.
+"""
+
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+from sqlmodel import Column, Field as SQLField, SQLModel, Text
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobStatus(str, Enum):
+    PENDING = "PENDING"  #: accepted, waiting for a sandbox
+    RUNNING = "RUNNING"  #: a node has started its sandbox
+    FINISHED = "FINISHED"  #: ran; `result` says how it ended
+    REJECTED = "REJECTED"  #: could not be run; `rejectedReason` says why
+
+
+class FinishedWith(str, Enum):
+    SUCCEEDED = "SUCCEEDED"  #: exit code 0
+    FAILED = "FAILED"  #: compile error, exception, non-zero exit, killed for memory
+    TIME_LIMIT_EXCEEDED = "TIME_LIMIT_EXCEEDED"  #: killed at the wall-clock limit
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=r"\S")]
+
+
+class JobConfig(ApiModel):
+    nuget_config_xml: Optional[str] = Field(None, description="NuGet.Config XML naming the feeds for `#r \"nuget: ...\"`")
+
+
+class Payload(ApiModel):
+    script: Annotated[str, StringConstraints(min_length=1, pattern=r"\S")] = Field(
+        description="C# script (.csx): usings, top-level statements, methods and types")
+    agent_type: str = Field(description="platform to run on, e.g. linux-amd64-mono-6")
+    job_config: Optional[JobConfig] = None
+
+
+class JobRequest(ApiModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True,
+        json_schema_extra={"examples": [{
+            "requestId": "request-1", "senderId": "sender-1",
+            "payload": {"script": 'Console.WriteLine("Hello");', "agentType": "linux-amd64-mono-6"},
+        }]},
+    )
+    request_id: NonBlank36 = Field(description="idempotency key: a repeated requestId returns the existing job")
+    sender_id: NonBlank36
+    payload: Payload
+
+
+class JobResult(ApiModel):
+    finished_with: FinishedWith
+    stdout: str
+    stderr: str
+    exit_code: Optional[int] = Field(None, description="null when killed at the time limit")
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    out_of_memory: bool = False
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    duration_ms: Optional[int] = None
+
+
+class Job(SQLModel, table=True):
+    id: uuid.UUID = SQLField(default_factory=uuid.uuid4, primary_key=True)
+    request_id: str = SQLField(max_length=36, unique=True, index=True)  #: the unique index makes idempotency hold under races
+    sender_id: str = SQLField(max_length=36)
+    agent_type: str = SQLField(max_length=64)
+    request_json: str = SQLField(sa_column=Column(Text, nullable=False))
+    status: JobStatus = SQLField(default=JobStatus.PENDING, index=True)
+    rejected_reason: Optional[str] = None
+    node_id: Optional[str] = None  #: the Ray node that runs or ran it (to stop its sandbox)
+    result_json: Optional[str] = SQLField(default=None, sa_column=Column(Text))
+    created_at: datetime = SQLField(default_factory=utcnow)
+    updated_at: datetime = SQLField(default_factory=utcnow)
+
+    def request(self) -> JobRequest:
+        return JobRequest.model_validate_json(self.request_json)
+
+    def result(self) -> Optional[JobResult]:
+        return JobResult.model_validate_json(self.result_json) if self.result_json else None
+
+
+class JobCreated(ApiModel):
+    job_id: uuid.UUID
+
+
+class JobView(ApiModel):
+    job_id: uuid.UUID
+    request: JobRequest
+    status: JobStatus
+    rejected_reason: Optional[str] = None
+    result: Optional[JobResult] = None
+
+
+class JobStatusView(ApiModel):
+    job_id: uuid.UUID
+    status: JobStatus
+    rejected_reason: Optional[str] = None
+
+
+class JobRequestView(ApiModel):
+    job_id: uuid.UUID
+    request: JobRequest
+
+
+class JobResultView(ApiModel):
+    job_id: uuid.UUID
+    result: Optional[JobResult] = None
+
+
+class Message(BaseModel):
+    message: str

@@ -1,0 +1,95 @@
+"""Persistence of jobs with SQLModel; the only state the API replicas share."""
+
+import uuid
+from typing import Optional
+
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from serve_app.models import Job, JobRequest, JobResult, JobStatus, utcnow
+
+#: transitions a job may make; anything else is ignored (e.g. a late result for a REJECTED job)
+TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
+    JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.FINISHED, JobStatus.REJECTED},
+    JobStatus.RUNNING: {JobStatus.FINISHED, JobStatus.REJECTED},
+    JobStatus.FINISHED: set(),
+    JobStatus.REJECTED: set(),
+}
+
+
+def make_engine(url: str):
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # WAL: readers do not block the writer across replicas
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class JobStore:
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        SQLModel.metadata.create_all(self.engine)
+
+    def create(self, request: JobRequest) -> tuple[Job, bool]:
+        """Stores a new job, or returns the existing one for a repeated requestId (created=False)."""
+        job = Job(
+            request_id=request.request_id, sender_id=request.sender_id,
+            agent_type=request.payload.agent_type,
+            request_json=request.model_dump_json(by_alias=True, exclude_none=True),
+        )
+        with Session(self.engine, expire_on_commit=False) as s:
+            s.add(job)
+            try:
+                s.commit()
+                return job, True
+            except IntegrityError:
+                s.rollback()
+        existing = self.by_request_id(request.request_id)
+        if existing is None:  # the other insert was rolled back or deleted meanwhile
+            raise RuntimeError("requestId conflict without a stored job")
+        return existing, False
+
+    def by_request_id(self, request_id: str) -> Optional[Job]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return s.exec(select(Job).where(Job.request_id == request_id)).first()
+
+    def get(self, job_id: uuid.UUID) -> Optional[Job]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return s.get(Job, job_id)
+
+    def transition(self, job_id: uuid.UUID, status: JobStatus, *, result: Optional[JobResult] = None,
+                   reason: Optional[str] = None, node_id: Optional[str] = None) -> bool:
+        """Moves a job to `status` if that is a legal step from where it is; False otherwise."""
+        with Session(self.engine) as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or status not in TRANSITIONS[job.status]:
+                return False
+            job.status = status
+            job.updated_at = utcnow()
+            if result is not None:
+                job.result_json = result.model_dump_json(by_alias=True)
+            if reason is not None:
+                job.rejected_reason = reason
+            if node_id is not None:
+                job.node_id = node_id
+            s.add(job)
+            s.commit()
+            return True
+
+    def delete(self, job_id: uuid.UUID) -> Optional[Job]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                s.delete(job)
+                s.commit()
+            return job
+
+    def ping(self) -> None:
+        with Session(self.engine) as s:
+            s.exec(select(1)).first()
