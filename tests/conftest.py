@@ -1,0 +1,107 @@
+"""Shared, session-scoped fixtures: the real service (Ray + Serve + Docker/runsc) over HTTP."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MONO = "linux-amd64-mono-6"
+WALL_TIME_S = 8  #: short, so the timeout test is quick
+MEMORY_MB = 256
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sandbox_containers() -> list[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dotnet-scripts.job"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """The whole service, started as the README starts it, on a free port and a fresh SQLite file."""
+    tmp = tmp_path_factory.mktemp("service")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        PORT=str(port), DATABASE_URL=f"sqlite:///{tmp}/jobs.db", LOCAL_SLOTS="2",
+        WALL_TIME_S=str(WALL_TIME_S), MEMORY_MB=str(MEMORY_MB), OUTPUT_BYTES="65536",
+    )
+    log = open(tmp / "service.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "serve_app"], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(base + "/actuator/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("service did not start:\n" + (tmp / "service.log").read_text()[-4000:])
+        time.sleep(0.5)
+    yield base
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    left = sandbox_containers()
+    if left:
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
+        pytest.fail(f"{len(left)} sandbox containers were left behind")
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    with httpx.Client(base_url=service, timeout=30) as c:
+        yield c
+
+
+class Jobs:
+    """Submits scripts and waits for their jobs, as a client would."""
+
+    def __init__(self, client: httpx.Client):
+        self.client = client
+        self.n = 0
+
+    def submit(self, script: str, agent_type: str = MONO, request_id: str | None = None) -> httpx.Response:
+        self.n += 1
+        rid = request_id or f"req-{os.getpid()}-{time.time_ns()}-{self.n}"[:36]
+        return self.client.post("/jobs", json={
+            "requestId": rid, "senderId": "tests",
+            "payload": {"script": script, "agentType": agent_type},
+        })
+
+    def wait(self, job_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/jobs/{job_id}").json()
+            if job["status"] in ("FINISHED", "REJECTED"):
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+    def run(self, script: str, timeout: float = 60) -> dict:
+        r = self.submit(script)
+        assert r.status_code == 201, r.text
+        return self.wait(r.json()["jobId"], timeout)
+
+
+@pytest.fixture(scope="session")
+def jobs(client) -> Jobs:
+    return Jobs(client)

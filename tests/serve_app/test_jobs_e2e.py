@@ -1,0 +1,139 @@
+"""Scripts in, output out: through HTTP, a real Ray, Docker and the gVisor runtime."""
+
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.conftest import MONO, WALL_TIME_S, sandbox_containers
+
+
+def test_hello_world(jobs):
+    job = jobs.run('Console.WriteLine("Hello");')
+    assert job["status"] == "FINISHED"
+    assert job["result"]["finishedWith"] == "SUCCEEDED"
+    assert job["result"]["stdout"] == "Hello\n"
+    assert job["result"]["stderr"] == ""
+    assert job["result"]["exitCode"] == 0
+    assert job["request"]["payload"]["agentType"] == MONO
+
+
+def test_runs_under_gvisor(jobs):
+    script = (
+        'WriteLine(File.ReadAllText("/proc/version"));\n'
+        'var p = Process.Start(new ProcessStartInfo("dmesg") { UseShellExecute = false });\n'
+        'p.WaitForExit();\n'
+    )
+    job = jobs.run(script)
+    out = job["result"]["stdout"]
+    host_kernel = open("/proc/version").read().strip()
+    assert job["result"]["finishedWith"] == "SUCCEEDED", job["result"]
+    assert "Starting gVisor" in out
+    assert host_kernel not in out
+
+
+def test_stdout_and_stderr_are_kept_apart(jobs):
+    job = jobs.run('Console.WriteLine("to out");\nConsole.Error.WriteLine("to err");\nWriteLine("out again");')
+    assert job["result"]["finishedWith"] == "SUCCEEDED"
+    assert job["result"]["stdout"] == "to out\nout again\n"
+    assert job["result"]["stderr"] == "to err\n"
+
+
+def test_compile_error_fails_with_the_cs_error_on_stderr(jobs):
+    job = jobs.run('Console.WriteLine("never");\nint x = "text";\n')
+    r = job["result"]
+    assert r["finishedWith"] == "FAILED"
+    assert r["exitCode"] == 1
+    assert "script.csx(2," in r["stderr"] and "error CS0029" in r["stderr"]
+    assert r["stdout"] == ""
+
+
+def test_uncaught_exception_fails_with_its_stack_trace(jobs):
+    job = jobs.run('void Boom() { throw new InvalidOperationException("boom"); }\nWriteLine("before");\nBoom();\n')
+    r = job["result"]
+    assert r["finishedWith"] == "FAILED"
+    assert r["exitCode"] == 1
+    assert r["stdout"] == "before\n"
+    assert "System.InvalidOperationException: boom" in r["stderr"]
+    assert "script.csx:1" in r["stderr"]
+
+
+def test_environment_exit_code_is_kept(jobs):
+    job = jobs.run('Console.WriteLine("bye");\nEnvironment.Exit(3);\nConsole.WriteLine("not reached");')
+    r = job["result"]
+    assert r["finishedWith"] == "FAILED"
+    assert r["exitCode"] == 3
+    assert r["stdout"] == "bye\n"
+
+
+def test_endless_loop_is_killed_at_the_time_limit(jobs, client):
+    start = time.monotonic()
+    r = jobs.submit("while (true) { }")
+    job = jobs.wait(r.json()["jobId"], timeout=WALL_TIME_S + 30)
+    elapsed = time.monotonic() - start
+    assert job["result"]["finishedWith"] == "TIME_LIMIT_EXCEEDED"
+    assert job["result"]["exitCode"] is None
+    assert elapsed < WALL_TIME_S + 6, elapsed
+
+
+def test_a_1gb_allocation_fails_out_of_memory(jobs):
+    script = (
+        "var blocks = new List<byte[]>();\n"
+        "for (int i = 0; i < 100; i++) {\n"
+        "    var b = new byte[10 << 20];\n"
+        "    for (int j = 0; j < b.Length; j += 4096) b[j] = 1;\n"
+        "    blocks.Add(b);\n"
+        "}\n"
+        'Console.WriteLine("allocated " + blocks.Count * 10 + " MB");\n'
+    )
+    job = jobs.run(script)
+    r = job["result"]
+    assert r["finishedWith"] == "FAILED"
+    assert r["outOfMemory"] is True
+    assert "allocated" not in r["stdout"]
+
+
+def test_repeated_request_id_returns_the_same_job_and_runs_once(jobs, client):
+    since = str(int(time.time()) - 1)
+    rid = f"once-{time.time_ns()}"[:36]
+    first = jobs.submit('Console.WriteLine("once");', request_id=rid)
+    assert first.status_code == 201
+    job_id = first.json()["jobId"]
+    with ThreadPoolExecutor(5) as pool:
+        again = list(pool.map(lambda _: jobs.submit('Console.WriteLine("twice?");', request_id=rid), range(5)))
+    assert [a.status_code for a in again] == [200] * 5
+    assert {a.json()["jobId"] for a in again} == {job_id}
+    job = jobs.wait(job_id)
+    assert job["result"]["stdout"] == "once\n"
+    events = subprocess.run(
+        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
+         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.split()
+    assert len(events) == 1, events
+
+
+def test_unknown_agent_type_is_a_400_naming_the_known_ones(jobs):
+    r = jobs.submit('Console.WriteLine("x");', agent_type="windows-arm64-dotnet-99")
+    assert r.status_code == 400
+    assert "windows-arm64-dotnet-99" in r.json()["message"]
+    assert MONO in r.json()["message"]
+
+
+def test_endpoints_of_a_job(jobs, client):
+    job_id = jobs.submit('Console.WriteLine("parts");').json()["jobId"]
+    jobs.wait(job_id)
+    assert client.get(f"/jobs/{job_id}/status").json() == {"jobId": job_id, "status": "FINISHED", "rejectedReason": None}
+    assert client.get(f"/jobs/{job_id}/request").json()["request"]["payload"]["script"] == 'Console.WriteLine("parts");'
+    assert client.get(f"/jobs/{job_id}/result").json()["result"]["stdout"] == "parts\n"
+    assert client.delete(f"/jobs/{job_id}").status_code == 200
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert client.delete(f"/jobs/{job_id}").status_code == 404
+
+
+def test_no_containers_are_left_behind(jobs):
+    job = jobs.run('Console.WriteLine("last");')
+    assert job["status"] == "FINISHED"
+    deadline = time.monotonic() + 10
+    while sandbox_containers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sandbox_containers() == []
