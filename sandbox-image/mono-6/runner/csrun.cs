@@ -168,6 +168,15 @@ public static class CsRun
         source = StripDirectives(source);
         var tokens = Tokenize(source);
         var chunks = Split(tokens);
+        if (chunks.Count > 0)
+        {
+            // an unterminated last statement would be reported inside the generated code
+            var last = chunks[chunks.Count - 1].Tokens;
+            var end = last[last.Count - 1];
+            if (end.Text != ";" && end.Text != "}")
+                throw new ScriptError(string.Format("{0}({1},{2}): error CS1002: ; expected",
+                    ScriptName, LineOf(source, end.End), end.End - LineStart(source, end.End) + 1));
+        }
         var usings = new StringBuilder();
         var types = new StringBuilder();
         var members = new StringBuilder();

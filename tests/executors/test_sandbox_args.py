@@ -1,0 +1,53 @@
+"""The container configuration → `docker run` arguments (pure)."""
+
+from executors.sandbox import LABEL, Limits, SandboxSpec, docker_run_args
+
+SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
+                   limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=50, nofile=64,
+                                 disk_mb=10, tmp_mb=4, output_bytes=1000))
+
+
+def option(args: list[str], name: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == name]
+
+
+def test_named_and_labelled_after_the_job():
+    args = docker_run_args(SPEC)
+    assert option(args, "--name") == ["dotnet-scripts-job-abc"]
+    labels = option(args, "--label")
+    assert f"{LABEL}=abc" in labels
+    assert any(l.startswith(f"{LABEL}.deadline=") for l in labels)
+
+
+def test_hardening_options():
+    args = docker_run_args(SPEC)
+    assert option(args, "--runtime") == ["runsc"]
+    assert option(args, "--network") == ["none"]
+    assert option(args, "--user") == ["10001:10001"]
+    assert option(args, "--cap-drop") == ["ALL"]
+    assert option(args, "--security-opt") == ["no-new-privileges"]
+    assert "--read-only" in args
+    assert option(args, "--log-driver") == ["none"]
+
+
+def test_limits():
+    args = docker_run_args(SPEC)
+    assert option(args, "--memory") == ["300m"]
+    assert option(args, "--memory-swap") == ["300m"]  # no swap beyond RAM
+    assert option(args, "--cpus") == ["0.5"]
+    assert option(args, "--pids-limit") == ["50"]
+    assert set(option(args, "--ulimit")) >= {"nproc=50:50", "nofile=64:64", "core=0:0"}
+    tmpfs = option(args, "--tmpfs")
+    assert any(t.startswith("/sandbox:") and "size=10m" in t and "uid=10001" in t and "gid=10001" in t for t in tmpfs)
+    assert any(t.startswith("/tmp:") and "size=4m" in t and "nosuid" in t for t in tmpfs)
+
+
+def test_image_and_command_come_last_and_the_script_is_not_an_argument():
+    args = docker_run_args(SPEC)
+    assert args[-3:] == ["img", "mono", "runner.exe"]
+    assert args[0] == "run" and "--interactive" in args  # the script goes to stdin
+
+
+def test_runtime_is_configurable():
+    spec = SandboxSpec(job_id="x", image="i", command=("c",), runtime="runc")
+    assert option(docker_run_args(spec), "--runtime") == ["runc"]

@@ -1,0 +1,112 @@
+"""The Mono image's runner gives scripts dotnet-script's semantics (real container, runsc)."""
+
+import uuid
+
+import pytest
+
+from cluster.agent_types import MONO_6
+from executors.sandbox import Limits, SandboxSpec, run_sandbox
+
+
+def run(script: str, **limits):
+    spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                       limits=Limits(wall_time_s=30, **limits))
+    return run_sandbox(spec, script)
+
+
+def test_top_level_methods_fields_types_extension_methods_and_usings():
+    o = run(
+        "using System.Text.RegularExpressions;\n"
+        "int Twice(int x) => x * 2;\n"
+        "public static int Sq(int x) { return x * x; }\n"
+        "static int counter = 10;\n"
+        "class Point { public int X { get; set; } }\n"
+        "static class Ext { public static int Triple(this int x) => x * 3; }\n"
+        "T Id<T>(T v) { return v; }\n"
+        "var p = new Point { X = 3 };\n"
+        'Console.WriteLine($"{Twice(p.X)} {Sq(4)} {5.Triple()} {Id("id")} {counter} {Regex.IsMatch("ab", "b")}");\n'
+    )
+    assert (o.exit_code, o.stderr, o.stdout) == (0, "", "6 16 15 id 10 True\n")
+
+
+def test_default_imports_are_dotnet_scripts():
+    o = run(
+        'WriteLine(string.Join(",", new[] { 3, 1, 2 }.OrderBy(x => x)));\n'  # System.Linq, static Console
+        'var sb = new StringBuilder("sb"); WriteLine(sb);\n'  # System.Text
+        "var d = new Dictionary<string, int> { [\"k\"] = 1 }; WriteLine(d[\"k\"]);\n"  # Collections.Generic
+        "Expression<Func<int, int>> e = x => x + 1; WriteLine(e.Compile()(1));\n"  # Linq.Expressions
+        "dynamic dyn = new ExpandoObject(); dyn.A = 7; Console.WriteLine(dyn.A);\n"  # Dynamic
+        "WriteLine(Path.Combine(\"a\", \"b\"));\n"  # IO
+        "WriteLine(Stopwatch.IsHighResolution || true);\n"  # Diagnostics
+        "WriteLine(Task.FromResult(5).Result);\n"  # Threading.Tasks
+    )
+    assert o.stderr == ""
+    assert o.stdout.split() == ["1,2,3", "sb", "1", "2", "7", "a/b", "True", "5"]
+
+
+def test_top_level_return_is_the_exit_code():
+    o = run('WriteLine("a");\nif (DateTime.Now.Year > 2000) return 42;\nWriteLine("b");')
+    assert (o.exit_code, o.stdout) == (42, "a\n")
+
+
+def test_environment_exit_code_is_respected():
+    o = run("Environment.ExitCode = 5;\nWriteLine(\"done\");")
+    assert (o.exit_code, o.stdout) == (5, "done\n")
+
+
+def test_warnings_go_to_stderr_and_do_not_fail():
+    o = run("int unused;\nWriteLine(\"ok\");")
+    assert o.exit_code == 0 and o.stdout == "ok\n"
+    assert "script.csx(1,5): warning CS0168" in o.stderr
+
+
+def test_compile_error_line_numbers_point_into_the_script():
+    o = run("// a comment\nvar s = \"} { ;\";\nWriteLine(s)\n")
+    assert o.exit_code == 1 and o.stdout == ""
+    assert "script.csx(3,13): error CS1002" in o.stderr
+
+
+def test_top_level_await():
+    o = run("await Task.Delay(10);\nvar x = await Task.Run(() => 21 * 2);\nWriteLine(x);")
+    assert (o.exit_code, o.stderr, o.stdout) == (0, "", "42\n")
+
+
+def test_exception_in_async_script():
+    o = run("await Task.Delay(1);\nthrow new ArgumentException(\"bad\");")
+    assert o.exit_code == 1 and "System.ArgumentException: bad" in o.stderr
+
+
+def test_stdin_is_empty():
+    o = run('WriteLine("[" + Console.In.ReadToEnd() + "]"); WriteLine(Console.Read());')
+    assert o.stdout == "[]\n-1\n"
+
+
+def test_statements_with_blocks_and_tricky_literals():
+    o = run(
+        'var verbatim = @"a ""quoted"" {brace";\n'
+        'var interp = $"{(1 > 0 ? "yes" : "no")} {{literal}}";\n'
+        "char c = '}';\n"
+        "if (c == '}') { WriteLine(verbatim); } else { WriteLine(\"no\"); }\n"
+        "try { throw new Exception(\"x\"); } catch (Exception ex) { WriteLine(ex.Message); } finally { WriteLine(interp); }\n"
+        "int i = 0; do { i++; } while (i < 3); WriteLine(i);\n"
+        "switch (i) { case 3: WriteLine(\"three\"); break; default: break; }\n"
+        "Action<int> act = n => { WriteLine(n); };\nact(9);\n"
+    )
+    assert o.stderr == ""
+    assert o.stdout == 'a "quoted" {brace\nx\nyes {literal}\n3\nthree\n9\n'
+
+
+@pytest.mark.parametrize("directive", ['#r "nuget: Newtonsoft.Json, 13.0.1"', '#load "other.csx"'])
+def test_reserved_directives_fail_clearly(directive):
+    o = run(directive + '\nWriteLine("x");')
+    assert o.exit_code == 1 and "not supported" in o.stderr and o.stdout == ""
+
+
+def test_unicode_output():
+    o = run('WriteLine("héllo wörld ✓");')
+    assert o.stdout == "héllo wörld ✓\n"
+
+
+def test_errors_inside_the_script_keep_their_line():
+    o = run('WriteLine("a");\n\nint x = "text";\n')
+    assert o.exit_code == 1 and "script.csx(3,9): error CS0029" in o.stderr

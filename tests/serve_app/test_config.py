@@ -1,0 +1,30 @@
+"""Settings fail fast on bad values."""
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import Settings
+
+
+def test_defaults_are_the_embedded_ones():
+    s = Settings(_env_file=None)
+    assert s.port == 8080 and s.database_url.startswith("sqlite") and s.sandbox_runtime == "runsc"
+
+
+def test_agent_types_from_a_comma_separated_variable(monkeypatch):
+    monkeypatch.setenv("AGENT_TYPES", "linux-amd64-mono-6, linux-amd64-dotnet-7")
+    assert Settings(_env_file=None).agent_types == ["linux-amd64-mono-6", "linux-amd64-dotnet-7"]
+
+
+@pytest.mark.parametrize("env", [
+    {"AGENT_TYPES": "linux-amd64-cobol-1"},
+    {"SANDBOX_RUNTIME": "kata"},
+    {"PORT": "0"},
+    {"MEMORY_MB": "1"},
+    {"WALL_TIME_S": "-1"},
+])
+def test_bad_values_are_refused(monkeypatch, env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)

@@ -1,0 +1,51 @@
+"""Outcome → result, settings → sandbox spec (pure)."""
+
+from datetime import datetime, timedelta, timezone
+
+from executors.sandbox import Outcome
+from serve_app.config import Settings
+from serve_app.dispatch import result_from_outcome, sandbox_spec
+from serve_app.models import FinishedWith
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def outcome(**kw) -> Outcome:
+    base = dict(exit_code=0, stdout="o", stderr="e", stdout_truncated=False, stderr_truncated=False,
+                timed_out=False, out_of_memory=False, started_at=T0, finished_at=T0 + timedelta(seconds=1.5))
+    base.update(kw)
+    return Outcome(**base)
+
+
+def test_exit_code_zero_succeeds():
+    r = result_from_outcome(outcome())
+    assert r.finished_with == FinishedWith.SUCCEEDED
+    assert (r.stdout, r.stderr, r.exit_code, r.duration_ms) == ("o", "e", 0, 1500)
+
+
+def test_non_zero_exit_fails():
+    assert result_from_outcome(outcome(exit_code=3)).finished_with == FinishedWith.FAILED
+
+
+def test_out_of_memory_fails_and_is_marked():
+    r = result_from_outcome(outcome(exit_code=137, out_of_memory=True))
+    assert r.finished_with == FinishedWith.FAILED and r.out_of_memory
+
+
+def test_timeout_wins_over_everything():
+    r = result_from_outcome(outcome(exit_code=None, timed_out=True, out_of_memory=True))
+    assert r.finished_with == FinishedWith.TIME_LIMIT_EXCEEDED
+
+
+def test_truncation_flags_are_kept():
+    r = result_from_outcome(outcome(stdout_truncated=True))
+    assert r.stdout_truncated and not r.stderr_truncated
+
+
+def test_sandbox_spec_takes_the_agent_type_and_the_limits():
+    s = Settings(wall_time_s=7, memory_mb=300, sandbox_runtime="runc", _env_file=None)
+    spec = sandbox_spec(s, "00000000-0000-0000-0000-000000000001", "linux-amd64-mono-6")
+    assert spec.image == "dotnet-scripts/mono-6"
+    assert spec.runtime == "runc"
+    assert spec.limits.wall_time_s == 7 and spec.limits.memory_mb == 300
+    assert spec.name == "dotnet-scripts-job-00000000-0000-0000-0000-000000000001"
