@@ -1,0 +1,19 @@
+"""ray-cluster.yaml passes Ray's own config validation and offers every catalogued agent type."""
+
+from pathlib import Path
+
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from cluster.agent_types import CATALOGUE
+
+CONFIG = Path(__file__).resolve().parents[2] / "ray-cluster.yaml"
+
+
+def test_ray_validates_the_cluster_config():
+    cfg = prepare_config(yaml.safe_load(CONFIG.read_text()))
+    validate_config(cfg)  # raises on an invalid config
+    types = cfg["available_node_types"]
+    for name in CATALOGUE:
+        assert types[name]["resources"].get(name, 0) >= 1, name
+    assert cfg["head_node_type"] == "head" and not types["head"]["resources"]
