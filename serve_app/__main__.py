@@ -15,6 +15,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from cluster.node import node_resources  # noqa: E402
+from executors.reaper import reap  # noqa: E402
 from serve_app.app import build  # noqa: E402
 from serve_app.config import get_settings  # noqa: E402
 
@@ -27,7 +28,7 @@ def main() -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address)
     else:
-        offers = {t: settings.local_slots for t in settings.agent_types}
+        offers = {t: settings.local_slots for t in (settings.local_agent_types or settings.agent_types)}
         ray.init(resources=node_resources(offers), include_dashboard=True, dashboard_host="127.0.0.1")
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build(settings), name="dotnet-scripts", route_prefix="/", blocking=False)
@@ -36,10 +37,15 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    local = not settings.ray_address
+    while not stop.wait(30):
+        if local:  # this process owns the node: clean up after tasks that died
+            reap()
     log.info("shutting down")
     serve.shutdown()
     ray.shutdown()
+    if local:  # the sandboxes of tasks that ended with Ray are nobody's now
+        reap(everything=True)
 
 
 if __name__ == "__main__":

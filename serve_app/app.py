@@ -1,5 +1,6 @@
 """The FastAPI application and the Ray Serve deployment that hosts it."""
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
@@ -8,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app import deps, health, jobs
+from serve_app import deps, health, jobs, policies
 from serve_app.config import Settings
 from serve_app.dispatch import Dispatcher
 from serve_app.store import JobStore
@@ -69,7 +70,9 @@ class JobService:
         logging.basicConfig(level=logging.INFO)
         cfg = Settings(**settings)
         store = JobStore(cfg.database_url)
-        deps.install(deps.Services(settings=cfg, store=store, dispatcher=Dispatcher(cfg, store)))
+        self.services = deps.Services(settings=cfg, store=store, dispatcher=Dispatcher(cfg, store))
+        deps.install(self.services)
+        self.policies = asyncio.get_running_loop().create_task(policies.run_forever(self.services))
 
 
 def build(settings: Settings):

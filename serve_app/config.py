@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cluster.agent_types import CATALOGUE
@@ -38,17 +38,33 @@ class Settings(BaseSettings):
     output_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
+    #: agent types the local head offers slots of (empty: all enabled ones)
+    local_agent_types: Annotated[list[str], NoDecode] = []
+    #: how often each replica looks for stale jobs and expired results
+    sweep_interval_s: float = Field(60.0, gt=0, le=86400)
+    #: a job PENDING or RUNNING this long without news becomes REJECTED (the original: 5 min)
+    stale_after_s: float = Field(300.0, gt=0)
+    #: a result is deleted this long after a client first fetched it
+    fetched_retention_s: float = Field(3600.0, gt=0)
+    #: a result nobody fetched is deleted this long after the job ended
+    unfetched_retention_s: float = Field(7 * 86400.0, gt=0)
 
-    @field_validator("agent_types", mode="before")
+    @field_validator("agent_types", "local_agent_types", mode="before")
     @classmethod
     def _split(cls, v):
         return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
-    @field_validator("agent_types")
+    @model_validator(mode="after")
+    def _stale_after_outlasts_a_run(self):
+        if self.stale_after_s <= self.wall_time_s:
+            raise ValueError("stale_after_s must be longer than wall_time_s, or running jobs would be rejected")
+        return self
+
+    @field_validator("agent_types", "local_agent_types")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
+    def _known(cls, v: list[str], info: ValidationInfo) -> list[str]:
         unknown = [t for t in v if t not in CATALOGUE]
-        if unknown or not v:
+        if unknown or (not v and info.field_name == "agent_types"):
             raise ValueError(f"unknown agent types {unknown}; the catalogue has {sorted(CATALOGUE)}")
         return v
 

@@ -50,11 +50,13 @@ class Dispatcher:
     def __init__(self, settings: Settings, store: JobStore):
         self.settings, self.store = settings, store
         self.running: dict[uuid.UUID, tuple[asyncio.Task, object]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, job_id: uuid.UUID, agent_type: str, script: str) -> None:
         spec = sandbox_spec(self.settings, job_id, agent_type)
         gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script)
-        task = asyncio.get_running_loop().create_task(self._follow(job_id, gen))
+        self.loop = asyncio.get_running_loop()
+        task = self.loop.create_task(self._follow(job_id, gen))
         self.running[job_id] = (task, gen)
         task.add_done_callback(lambda _t: self.running.pop(job_id, None))
 
@@ -84,11 +86,11 @@ class Dispatcher:
             log.info("job %s REJECTED reason=%s", job_id, reason)
 
     def stop(self, job_id: uuid.UUID, node_id: str | None) -> None:
-        """Stops a job's sandbox wherever it runs (the job row is already gone)."""
+        """Stops a job's sandbox wherever it runs; callable from any thread."""
         entry = self.running.pop(job_id, None)
         if entry is not None:
             task, gen = entry
-            task.cancel()
+            self.loop.call_soon_threadsafe(task.cancel)
             try:
                 ray.cancel(gen)  # a task still waiting for a slot never starts
             except Exception:

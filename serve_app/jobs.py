@@ -28,6 +28,14 @@ def _job(svc: Services, job_id: str) -> Job:
     return job
 
 
+def _fetched(svc: Services, job_id: str) -> Job:
+    """A job read by a client; a result handed out starts its retention clock."""
+    job = _job(svc, job_id)
+    if job.result_json is not None and job.fetched_at is None:
+        svc.store.mark_fetched(job.id)
+    return job
+
+
 @router.post(
     "", status_code=201, response_model=JobCreated,
     responses={200: {"model": JobCreated, "description": "the requestId was seen before: the existing job"},
@@ -55,7 +63,7 @@ async def create_job(body: JobRequest, response: Response, svc: Services = Depen
 
 @router.get("/{job_id}", response_model=JobView, response_model_exclude_none=False, responses=NOT_FOUND)
 def get_job(job_id: str, svc: Services = Depends(get_services)):
-    job = _job(svc, job_id)
+    job = _fetched(svc, job_id)
     return JobView(job_id=job.id, request=job.request(), status=job.status,
                    rejected_reason=job.rejected_reason, result=job.result())
 
@@ -74,7 +82,7 @@ def get_job_status(job_id: str, svc: Services = Depends(get_services)):
 
 @router.get("/{job_id}/result", response_model=JobResultView, responses=NOT_FOUND)
 def get_job_result(job_id: str, svc: Services = Depends(get_services)):
-    job = _job(svc, job_id)
+    job = _fetched(svc, job_id)
     return JobResultView(job_id=job.id, result=job.result())
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
-from sqlmodel import Column, Field as SQLField, SQLModel, Text
+from sqlmodel import Column, DateTime, Field as SQLField, SQLModel, Text
 
 
 def utcnow() -> datetime:
@@ -84,8 +84,11 @@ class Job(SQLModel, table=True):
     rejected_reason: Optional[str] = None
     node_id: Optional[str] = None  #: the Ray node that runs or ran it (to stop its sandbox)
     result_json: Optional[str] = SQLField(default=None, sa_column=Column(Text))
-    created_at: datetime = SQLField(default_factory=utcnow)
-    updated_at: datetime = SQLField(default_factory=utcnow)
+    created_at: datetime = SQLField(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    #: last status change: staleness and the retention of unfetched results count from it
+    updated_at: datetime = SQLField(default_factory=utcnow, index=True, sa_type=DateTime(timezone=True))
+    #: first time a client read the result: the retention of fetched results counts from it
+    fetched_at: Optional[datetime] = SQLField(default=None, index=True, sa_type=DateTime(timezone=True))
 
     def request(self) -> JobRequest:
         return JobRequest.model_validate_json(self.request_json)

@@ -1,9 +1,10 @@
 """Persistence of jobs with SQLModel; the only state the API replicas share."""
 
 import uuid
+from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import event
+from sqlalchemy import and_, delete, event, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -89,6 +90,28 @@ class JobStore:
                 s.delete(job)
                 s.commit()
             return job
+
+    def mark_fetched(self, job_id: uuid.UUID) -> None:
+        """Starts the fetched-result retention clock (once)."""
+        with Session(self.engine) as s:
+            s.exec(update(Job).where(Job.id == job_id, Job.fetched_at.is_(None)).values(fetched_at=utcnow()))
+            s.commit()
+
+    def stale(self, older_than: datetime) -> list[Job]:
+        """PENDING or RUNNING jobs whose status has not changed since `older_than`."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.exec(select(Job).where(
+                Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]), Job.updated_at < older_than)))
+
+    def delete_expired(self, fetched_before: datetime, ended_before: datetime) -> int:
+        """Deletes ended jobs fetched before `fetched_before`, or never fetched and ended before `ended_before`."""
+        ended = Job.status.in_([JobStatus.FINISHED, JobStatus.REJECTED])
+        with Session(self.engine) as s:
+            res = s.exec(delete(Job).where(ended, or_(
+                Job.fetched_at < fetched_before,
+                and_(Job.fetched_at.is_(None), Job.updated_at < ended_before))))
+            s.commit()
+            return res.rowcount
 
     def ping(self) -> None:
         with Session(self.engine) as s:

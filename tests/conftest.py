@@ -1,26 +1,19 @@
 """Shared, session-scoped fixtures: the real service (Ray + Serve + Docker/runsc) over HTTP."""
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.services import api_service, postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 MONO = "linux-amd64-mono-6"
 WALL_TIME_S = 8  #: short, so the timeout test is quick
 MEMORY_MB = 256
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sandbox_containers() -> list[str]:
@@ -30,36 +23,27 @@ def sandbox_containers() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory):
-    """The whole service, started as the README starts it, on a free port and a fresh SQLite file."""
-    tmp = tmp_path_factory.mktemp("service")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        PORT=str(port), DATABASE_URL=f"sqlite:///{tmp}/jobs.db", LOCAL_SLOTS="2",
-        WALL_TIME_S=str(WALL_TIME_S), MEMORY_MB=str(MEMORY_MB), OUTPUT_BYTES="65536",
-    )
-    log = open(tmp / "service.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "serve_app"], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/actuator/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("service did not start:\n" + (tmp / "service.log").read_text()[-4000:])
-        time.sleep(0.5)
-    yield base
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+def database_url(request, tmp_path_factory):
+    """Every API test runs on both databases: SQLite (the embedded default) and PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/jobs.db"
+    else:
+        with postgres() as url:
+            yield url
+
+
+def pytest_generate_tests(metafunc):
+    if "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def service(database_url, tmp_path_factory):
+    """The whole service, started as the README starts it, on a free port."""
+    env = dict(DATABASE_URL=database_url, LOCAL_SLOTS="2", WALL_TIME_S=str(WALL_TIME_S),
+               MEMORY_MB=str(MEMORY_MB), OUTPUT_BYTES="65536")
+    with api_service(tmp_path_factory.mktemp("service"), **env) as base:
+        yield base
     left = sandbox_containers()
     if left:
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True)

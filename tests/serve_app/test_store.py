@@ -1,6 +1,7 @@
 """The job store on a real SQLite file: idempotency by unique constraint, legal transitions only."""
 
 import threading
+import uuid
 
 import pytest
 
@@ -9,28 +10,31 @@ from serve_app.store import JobStore
 
 
 @pytest.fixture
-def store(tmp_path):
-    return JobStore(f"sqlite:///{tmp_path}/jobs.db")
+def store(database_url):
+    return JobStore(database_url)
 
 
-def request(rid="r-1") -> JobRequest:
+def request(rid=None) -> JobRequest:
+    rid = rid or str(uuid.uuid4())
     return JobRequest.model_validate({"requestId": rid, "senderId": "s",
                                       "payload": {"script": "x", "agentType": "linux-amd64-mono-6"}})
 
 
 def test_repeated_request_id_gives_the_existing_job(store):
-    a, created_a = store.create(request())
-    b, created_b = store.create(request())
+    rid = str(uuid.uuid4())
+    a, created_a = store.create(request(rid))
+    b, created_b = store.create(request(rid))
     assert created_a and not created_b and a.id == b.id
 
 
 def test_concurrent_creates_make_one_job(store):
     results = []
     barrier = threading.Barrier(10)
+    rid = str(uuid.uuid4())
 
     def go():
         barrier.wait()
-        results.append(store.create(request("race")))
+        results.append(store.create(request(rid)))
 
     threads = [threading.Thread(target=go) for _ in range(10)]
     for t in threads:

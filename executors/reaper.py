@@ -1,0 +1,45 @@
+"""Removes sandbox containers whose job can no longer be waiting for them.
+
+Every sandbox carries the job id and a deadline (its wall time plus a margin) as labels. A
+container past its deadline belongs to a task that died (worker killed, node restarted, service
+stopped): nobody will read it, so it is removed.
+"""
+
+import logging
+import subprocess
+import time
+
+from executors.sandbox import LABEL
+
+log = logging.getLogger(__name__)
+
+
+def expired(labels: dict[str, str], now: float) -> bool:
+    """Whether a container with these labels is past its deadline (no deadline: expired)."""
+    try:
+        return float(labels.get(f"{LABEL}.deadline", "0")) < now
+    except ValueError:
+        return True
+
+
+def sandboxes() -> dict[str, dict[str, str]]:
+    """Sandbox containers on this node: name → labels."""
+    out = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}\t{{.Labels}}"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        name, _, labels = line.partition("\t")
+        found[name] = dict(kv.partition("=")[::2] for kv in labels.split(",") if kv)
+    return found
+
+
+def reap(everything: bool = False) -> list[str]:
+    """Removes expired sandboxes (or all of them, when this node is shutting down)."""
+    now = time.time()
+    doomed = [name for name, labels in sandboxes().items() if everything or expired(labels, now)]
+    if doomed:
+        subprocess.run(["docker", "rm", "--force", *doomed], capture_output=True, timeout=60)
+        log.info("reaped %d sandbox containers", len(doomed))
+    return doomed

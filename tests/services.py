@@ -1,0 +1,90 @@
+"""Real services for the tests, started on loopback and stopped by PID: PostgreSQL and the API."""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 60) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def postgres():
+    """A throw-away PostgreSQL server on 127.0.0.1; yields its SQLAlchemy URL."""
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    assert bindirs, "PostgreSQL is not installed (scripts/test.sh installs it)"
+    bindir = bindirs[-1]
+    root = tempfile.mkdtemp(prefix="dotnet-scripts-pg-")
+    shutil.chown(root, "postgres", "postgres")
+    data = os.path.join(root, "data")
+    as_pg = dict(user="postgres", group="postgres", extra_groups=[])
+    subprocess.run([f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True, cwd=root, **as_pg)
+    port = free_port()
+    proc = subprocess.Popen(
+        [f"{bindir}/postgres", "-D", data, "-p", str(port), "-k", root,
+         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, **as_pg,
+    )
+    try:
+        for _ in range(100):
+            if subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                              capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        subprocess.run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "jobs"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/jobs"
+    finally:
+        _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def api_service(workdir: Path, **env_overrides: str):
+    """`python -m serve_app` as the README starts it; yields its base URL once healthy."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PORT=str(port), **env_overrides)
+    log_path = workdir / "service.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "serve_app"], cwd=workdir, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                try:
+                    if httpx.get(base + "/actuator/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("service did not start:\n" + log_path.read_text()[-4000:])
+                time.sleep(0.5)
+            yield base
+        finally:
+            _stop(proc)
