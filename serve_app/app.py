@@ -5,6 +5,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +28,32 @@ app = FastAPI(
 )
 app.include_router(jobs.router)
 app.include_router(health.router)
+
+
+def openapi() -> dict:
+    """FastAPI's schema, told the truth: bad input is a 400 with a message (never 422), and the
+    agent types are the ones this deployment accepts."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    message = {"description": "invalid request",
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Message"}}}}
+    for operations in schema["paths"].values():
+        for op in operations.values():
+            if op.get("responses", {}).pop("422", None) is not None:
+                op["responses"].setdefault("400", message)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+    try:
+        agent_types = deps.get_services().settings.agent_types
+        schema["components"]["schemas"]["Payload"]["properties"]["agentType"]["enum"] = agent_types
+    except RuntimeError:
+        pass  # outside a replica (e.g. tooling): no enum
+    app.openapi_schema = schema
+    return schema
+
+
+app.openapi = openapi
 
 
 @app.get("/api-docs.yaml", include_in_schema=False)

@@ -18,6 +18,10 @@ def utcnow() -> datetime:
 
 
 class JobStatus(str, Enum):
+    """PENDING: accepted, waiting for a sandbox. RUNNING: its sandbox has started on a node.
+    FINISHED: it ran; `result` says how it ended. REJECTED: it could not be run (no capacity in
+    time, node lost, stale); `rejectedReason` says why."""
+
     PENDING = "PENDING"  #: accepted, waiting for a sandbox
     RUNNING = "RUNNING"  #: a node has started its sandbox
     FINISHED = "FINISHED"  #: ran; `result` says how it ended
@@ -25,6 +29,9 @@ class JobStatus(str, Enum):
 
 
 class FinishedWith(str, Enum):
+    """SUCCEEDED: exit code 0. FAILED: compile error, uncaught exception, non-zero exit code or
+    out of memory. TIME_LIMIT_EXCEEDED: killed at the wall-clock limit."""
+
     SUCCEEDED = "SUCCEEDED"  #: exit code 0
     FAILED = "FAILED"  #: compile error, exception, non-zero exit, killed for memory
     TIME_LIMIT_EXCEEDED = "TIME_LIMIT_EXCEEDED"  #: killed at the wall-clock limit
@@ -38,6 +45,8 @@ NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, patte
 
 
 class JobConfig(ApiModel):
+    """How the sandbox is set up for this job."""
+
     nuget_config_xml: Optional[str] = Field(None, description="NuGet.Config XML naming the feeds for `#r \"nuget: ...\"`")
 
 
@@ -56,22 +65,24 @@ class JobRequest(ApiModel):
             "payload": {"script": 'Console.WriteLine("Hello");', "agentType": "linux-amd64-mono-6"},
         }]},
     )
-    request_id: NonBlank36 = Field(description="idempotency key: a repeated requestId returns the existing job")
-    sender_id: NonBlank36
+    request_id: NonBlank36 = Field(description="idempotency key, at most 36 characters: a repeated requestId returns the existing job and does not run it again")
+    sender_id: NonBlank36 = Field(description="who sends the job, at most 36 characters")
     payload: Payload
 
 
 class JobResult(ApiModel):
+    """How a run ended. The first three fields are the original service's."""
+
     finished_with: FinishedWith
-    stdout: str
-    stderr: str
-    exit_code: Optional[int] = Field(None, description="null when killed at the time limit")
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    out_of_memory: bool = False
-    started_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
-    duration_ms: Optional[int] = None
+    stdout: str = Field(description="the script's standard output (UTF-8), capped")
+    stderr: str = Field(description="compiler messages, exceptions and the script's standard error, capped")
+    exit_code: Optional[int] = Field(None, description="the process's exit code; null when killed at the time limit")
+    stdout_truncated: bool = Field(False, description="stdout went over the cap; the rest was dropped")
+    stderr_truncated: bool = Field(False, description="stderr went over the cap; the rest was dropped")
+    out_of_memory: bool = Field(False, description="the sandbox was killed for going over its memory limit")
+    started_at: Optional[datetime] = Field(None, description="when the sandbox started")
+    finished_at: Optional[datetime] = Field(None, description="when the sandbox ended")
+    duration_ms: Optional[int] = Field(None, description="finishedAt - startedAt in milliseconds")
 
 
 class Job(SQLModel, table=True):
@@ -102,11 +113,13 @@ class JobCreated(ApiModel):
 
 
 class JobView(ApiModel):
+    """A job: what was asked, where it is, and how it ended."""
+
     job_id: uuid.UUID
     request: JobRequest
     status: JobStatus
-    rejected_reason: Optional[str] = None
-    result: Optional[JobResult] = None
+    rejected_reason: Optional[str] = Field(None, description="why a REJECTED job was not run")
+    result: Optional[JobResult] = Field(None, description="null until the job is FINISHED")
 
 
 class JobStatusView(ApiModel):

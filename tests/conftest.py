@@ -42,8 +42,8 @@ def service(database_url, tmp_path_factory):
     """The whole service, started as the README starts it, on a free port."""
     env = dict(DATABASE_URL=database_url, LOCAL_SLOTS="2", WALL_TIME_S=str(WALL_TIME_S),
                MEMORY_MB=str(MEMORY_MB), OUTPUT_BYTES="65536")
-    with api_service(tmp_path_factory.mktemp("service"), **env) as base:
-        yield base
+    with api_service(tmp_path_factory.mktemp("service"), **env) as svc:
+        yield svc
     left = sandbox_containers()
     if left:
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
@@ -52,7 +52,7 @@ def service(database_url, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def client(service):
-    with httpx.Client(base_url=service, timeout=30) as c:
+    with httpx.Client(base_url=service.url, timeout=30) as c:
         yield c
 
 

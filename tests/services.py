@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -63,9 +64,16 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Service:
+    url: str
+    log: Path  #: everything the service and its Ray workers printed
+    workdir: Path
+
+
 @contextmanager
 def api_service(workdir: Path, **env_overrides: str):
-    """`python -m serve_app` as the README starts it; yields its base URL once healthy."""
+    """`python -m serve_app` as the README starts it; yields it once healthy."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PORT=str(port), **env_overrides)
@@ -85,6 +93,6 @@ def api_service(workdir: Path, **env_overrides: str):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("service did not start:\n" + log_path.read_text()[-4000:])
                 time.sleep(0.5)
-            yield base
+            yield Service(base, log_path, workdir)
         finally:
             _stop(proc)

@@ -1,0 +1,211 @@
+"""The REST contract of SPEC §3 against the running service (SQLite and PostgreSQL)."""
+
+import json
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import MONO, ROOT
+
+
+def body(**over):
+    b = {"requestId": str(uuid.uuid4()), "senderId": "sender-1",
+         "payload": {"script": 'Console.WriteLine("x");', "agentType": MONO}}
+    payload = over.pop("payload", {})
+    b["payload"].update(payload)
+    b.update(over)
+    return b
+
+
+@pytest.mark.parametrize("bad, field", [
+    (body(requestId=""), "requestId"),
+    (body(requestId="   "), "requestId"),
+    (body(requestId="x" * 37), "requestId"),
+    (body(senderId=" "), "senderId"),
+    (body(senderId="y" * 37), "senderId"),
+    (body(payload={"script": ""}), "payload.script"),
+    (body(payload={"script": " \n\t"}), "payload.script"),
+    (body(payload={"agentType": 7}), "payload.agentType"),
+    (body(payload={"jobConfig": "not an object"}), "payload.jobConfig"),
+    ({"requestId": "r", "senderId": "s"}, "payload"),
+    ([1, 2, 3], "body"),
+])
+def test_invalid_input_is_a_400_with_a_message(client, bad, field):
+    r = client.post("/jobs", json=bad)
+    assert r.status_code == 400, r.text
+    msg = r.json()["message"]
+    assert field in msg and "Traceback" not in msg
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"null", b'"a string"', b"\xff\xfe"])
+def test_malformed_bodies_are_400_not_500(client, raw):
+    r = client.post("/jobs", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["message"]
+
+
+def test_script_over_the_size_cap_is_413(client):
+    r = client.post("/jobs", json=body(payload={"script": "//" + "x" * (256 << 10)}))
+    assert r.status_code == 413
+    assert "limit" in r.json()["message"]
+
+
+@pytest.mark.parametrize("path", ["/jobs/not-a-uuid", f"/jobs/{uuid.uuid4()}", f"/jobs/{uuid.uuid4()}/status",
+                                  f"/jobs/{uuid.uuid4()}/result", f"/jobs/{uuid.uuid4()}/request", "/jobs/%27%20OR%201=1"])
+def test_unknown_jobs_are_404_with_a_message(client, path):
+    r = client.get(path)
+    assert r.status_code == 404 and "not found" in r.json()["message"]
+    assert client.delete(path.split("/status")[0].split("/result")[0].split("/request")[0]).status_code == 404
+
+
+def test_concurrent_duplicates_make_one_job_and_one_run(client, jobs):
+    since = str(int(time.time()) - 1)
+    b = body(payload={"script": 'Console.WriteLine("only once");'})
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda _: httpx.post(f"{client.base_url}/jobs", json=b, timeout=60), range(24)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 23 + [201], codes
+    ids = {r.json()["jobId"] for r in responses}
+    assert len(ids) == 1
+    job_id = ids.pop()
+    assert jobs.wait(job_id)["result"]["stdout"] == "only once\n"
+    created = subprocess.run(
+        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
+         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert len(created) == 1
+
+
+def test_result_fields(jobs):
+    job = jobs.run('Console.Write("abc");')
+    r = job["result"]
+    assert set(r) >= {"finishedWith", "stdout", "stderr", "exitCode", "stdoutTruncated", "stderrTruncated",
+                      "outOfMemory", "startedAt", "finishedAt", "durationMs"}
+    assert r["durationMs"] > 0 and r["startedAt"] < r["finishedAt"]
+    assert job["rejectedReason"] is None
+
+
+def test_output_over_the_cap_is_truncated_and_flagged(jobs):
+    job = jobs.run('var line = new string(\'x\', 1000);\nfor (int i = 0; i < 200; i++) Console.WriteLine(line);\nConsole.Error.WriteLine("e");')
+    r = job["result"]
+    assert r["finishedWith"] == "SUCCEEDED"
+    assert r["stdoutTruncated"] is True and len(r["stdout"].encode()) == 65536
+    assert r["stderrTruncated"] is False and r["stderr"] == "e\n"
+
+
+def test_status_while_running_then_finished(client, jobs):
+    job_id = jobs.submit("System.Threading.Thread.Sleep(3000);").json()["jobId"]
+    seen = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        seen.add(job["status"])
+        if job["status"] == "FINISHED":
+            break
+        assert job["result"] is None  # no result before the job is FINISHED
+        time.sleep(0.1)
+    assert client.get(f"/jobs/{job_id}/result").json()["result"]["finishedWith"] == "SUCCEEDED"
+    assert "RUNNING" in seen and "FINISHED" in seen
+
+
+def test_deleting_a_running_job_stops_its_sandbox(client, jobs):
+    job_id = jobs.submit("while (true) { }").json()["jobId"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/jobs/{job_id}/status").json()["status"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    name = f"dotnet-scripts-job-{job_id}"
+    while name not in subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.delete(f"/jobs/{job_id}").status_code == 200
+    stopped = time.monotonic()
+    while name in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout:
+        assert time.monotonic() - stopped < 5, "the sandbox is still there 5 s after DELETE"
+        time.sleep(0.1)
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+
+
+def test_deleting_a_pending_job_means_it_never_runs(client, jobs):
+    blockers = [jobs.submit("System.Threading.Thread.Sleep(4000);").json()["jobId"] for _ in range(2)]
+    since = str(int(time.time()) - 1)
+    job_id = jobs.submit('Console.WriteLine("never");').json()["jobId"]
+    assert client.get(f"/jobs/{job_id}/status").json()["status"] == "PENDING"
+    assert client.delete(f"/jobs/{job_id}").status_code == 200
+    for b in blockers:
+        jobs.wait(b)
+    time.sleep(2)
+    created = subprocess.run(
+        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
+         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert created == []
+
+
+def test_openapi_json_yaml_and_swagger_ui(client):
+    spec = client.get("/api-docs").json()
+    assert set(spec["paths"]) >= {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/status", "/jobs/{job_id}/result",
+                                  "/jobs/{job_id}/request", "/actuator/health"}
+    post = spec["paths"]["/jobs"]["post"]["responses"]
+    assert {"200", "201", "400"} <= set(post) and "422" not in post
+    assert spec["components"]["schemas"]["Payload"]["properties"]["agentType"]["enum"] == [MONO]
+    assert "REJECTED" in spec["components"]["schemas"]["JobStatus"]["description"]
+    assert yaml.safe_load(client.get("/api-docs.yaml").text) == spec
+    page = client.get("/swagger-ui")
+    assert page.status_code == 200 and "swagger-ui" in page.text and "/api-docs" in page.text
+
+
+def test_health_reports_its_components(client):
+    h = client.get("/actuator/health").json()
+    assert h["status"] == "UP"
+    assert h["components"]["db"]["status"] == "UP"
+    assert h["components"]["ray"]["details"]["agentTypes"][MONO]["slots"] == 2
+
+
+def test_logs_never_contain_script_text_or_output(service, jobs):
+    marker = f"SECRET{uuid.uuid4().hex}"
+    job = jobs.run(f'// {marker}-source\nConsole.WriteLine("{marker}-" + "out");\nConsole.Error.WriteLine("{marker}-" + "err");')
+    assert job["result"]["stdout"] == f"{marker}-out\n"
+    time.sleep(1)
+    log = service.log.read_text(errors="replace")
+    assert job["jobId"] in log and "<CONTENT OMITTED>" in log
+    assert marker not in log
+
+
+def readme_curl_commands() -> list[str]:
+    """The curl commands of the README's "Try it" section, as a reader would paste them."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Try it"):]
+    block = section[section.index("```sh") + 5:]
+    block = block[:block.index("```")]
+    commands: list[str] = []
+    for line in block.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line.startswith("curl"):
+            commands.append(line)
+        else:
+            commands[-1] += "\n" + line
+    return commands
+
+
+def test_readme_curl_examples_run_as_written(service, jobs):
+    post, get = readme_curl_commands()
+    host = service.url.removeprefix("http://")
+
+    def sh(cmd: str) -> str:
+        return subprocess.run(["bash", "-c", cmd.replace("localhost:8080", host)],
+                              capture_output=True, text=True, check=True, timeout=30).stdout
+
+    created = json.loads(sh(post))
+    again = json.loads(sh(post))
+    assert again == created  # the same requestId: the same job
+    jobs.wait(created["jobId"])
+    job = json.loads(sh(get.replace("JOB_ID", created["jobId"])))
+    assert job["status"] == "FINISHED"
+    assert job["result"]["finishedWith"] == "SUCCEEDED" and job["result"]["stdout"] == "Hello\n"
