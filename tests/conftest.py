@@ -23,18 +23,34 @@ def sandbox_containers() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(request, tmp_path_factory):
+def pg_server():
+    with postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def new_database(request, tmp_path_factory):
+    """Makes empty databases of the kind this test run is parametrized with."""
+    kind = request.param
+
+    def make(name: str) -> str:
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/{name}.db"
+        return request.getfixturevalue("pg_server").create_db(name)
+
+    make.kind = kind
+    return make
+
+
+@pytest.fixture(scope="session")
+def database_url(new_database) -> str:
     """Every API test runs on both databases: SQLite (the embedded default) and PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/jobs.db"
-    else:
-        with postgres() as url:
-            yield url
+    return new_database("jobs")
 
 
 def pytest_generate_tests(metafunc):
-    if "database_url" in metafunc.fixturenames:
-        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True, scope="session")
+    if "new_database" in metafunc.fixturenames:
+        metafunc.parametrize("new_database", ["sqlite", "postgresql"], indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")

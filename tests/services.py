@@ -32,9 +32,21 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 60) -> Non
             proc.wait()
 
 
+@dataclass(frozen=True)
+class PgServer:
+    bindir: str
+    port: int
+
+    def create_db(self, name: str) -> str:
+        """Creates a database; returns its SQLAlchemy URL."""
+        subprocess.run([f"{self.bindir}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name],
+                       check=True, capture_output=True)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
+
+
 @contextmanager
 def postgres():
-    """A throw-away PostgreSQL server on 127.0.0.1; yields its SQLAlchemy URL."""
+    """A throw-away PostgreSQL server on 127.0.0.1."""
     bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     assert bindirs, "PostgreSQL is not installed (scripts/test.sh installs it)"
     bindir = bindirs[-1]
@@ -56,9 +68,7 @@ def postgres():
                               capture_output=True).returncode == 0:
                 break
             time.sleep(0.1)
-        subprocess.run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "jobs"],
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/jobs"
+        yield PgServer(bindir, port)
     finally:
         _stop(proc)
         shutil.rmtree(root, ignore_errors=True)

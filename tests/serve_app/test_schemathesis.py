@@ -1,0 +1,26 @@
+"""Property-based test of the whole API against its own OpenAPI document (schemathesis): no 5xx,
+every response matches the schema (status code, content type, body), and invalid input is refused."""
+
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+
+def test_api_conforms_to_its_schema(service):
+    schema = schemathesis.openapi.from_url(service.url + "/api-docs")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/jobs", "/jobs/{job_id}", "/actuator/health"}
+    calls: list[int] = []
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if mode == GenerationMode.NEGATIVE and operation.method.upper() != "POST":
+                continue  # only POST /jobs takes input that can be invalid (any string may be a job id)
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            def check(case):
+                calls.append(case.call_and_validate().status_code)
+
+            check()
+    assert len(calls) >= 100 and max(calls) < 500
+    assert {200, 201, 400, 404} <= set(calls), sorted(set(calls))  # it reached past validation too
