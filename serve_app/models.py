@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 from sqlmodel import Column, DateTime, Field as SQLField, SQLModel, Text
 
@@ -41,19 +41,31 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
-NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=r"\S")]
+def _storable(text: str) -> str:
+    """Text every database can store and every client can read: UTF-8 encodable, without NUL."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return text
+
+
+Text_ = Annotated[str, AfterValidator(_storable)]
+NonBlank36 = Annotated[Text_, StringConstraints(min_length=1, max_length=36, pattern=r"\S")]
 
 
 class JobConfig(ApiModel):
     """How the sandbox is set up for this job."""
 
-    nuget_config_xml: Optional[str] = Field(None, description="NuGet.Config XML naming the feeds for `#r \"nuget: ...\"`")
+    nuget_config_xml: Optional[Text_] = Field(None, description="NuGet.Config XML naming the feeds for `#r \"nuget: ...\"`")
 
 
 class Payload(ApiModel):
-    script: Annotated[str, StringConstraints(min_length=1, pattern=r"\S")] = Field(
+    script: Annotated[Text_, StringConstraints(min_length=1, pattern=r"\S")] = Field(
         description="C# script (.csx): usings, top-level statements, methods and types")
-    agent_type: str = Field(description="platform to run on, e.g. linux-amd64-mono-6")
+    agent_type: Text_ = Field(description="platform to run on, e.g. linux-amd64-mono-6")
     job_config: Optional[JobConfig] = None
 
 

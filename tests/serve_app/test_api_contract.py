@@ -209,3 +209,13 @@ def test_readme_curl_examples_run_as_written(service, jobs):
     job = json.loads(sh(get.replace("JOB_ID", created["jobId"])))
     assert job["status"] == "FINISHED"
     assert job["result"]["finishedWith"] == "SUCCEEDED" and job["result"]["stdout"] == "Hello\n"
+
+
+@pytest.mark.parametrize("field, value", [("requestId", "a\u0000b"), ("senderId", "\ud800x"),
+                                          ("script", 'Console.WriteLine("\u0000");')])
+def test_text_a_database_cannot_store_is_a_400(client, field, value):
+    b = body()
+    (b["payload"] if field == "script" else b)[field] = value
+    r = client.post("/jobs", content=json.dumps(b), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert field in r.json()["message"]
