@@ -5,8 +5,11 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,9 +26,10 @@ app = FastAPI(
                 "and keeps their STDOUT, STDERR and outcome for the client to fetch.",
     version="0.1.0",
     openapi_url="/api-docs",
-    docs_url="/swagger-ui",
+    docs_url=None,  # served below from local assets: the page works without reaching a CDN
     redoc_url=None,
 )
+app.mount("/swagger-ui-assets", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui-assets")
 app.include_router(jobs.router)
 app.include_router(health.router)
 
@@ -46,7 +50,9 @@ def openapi() -> dict:
         schema["components"]["schemas"].pop(unused, None)
     try:
         agent_types = deps.get_services().settings.agent_types
-        schema["components"]["schemas"]["Payload"]["properties"]["agentType"]["enum"] = agent_types
+        for component in schema["components"]["schemas"].values():
+            if "agentType" in component.get("properties", {}):
+                component["properties"]["agentType"]["enum"] = agent_types
     except RuntimeError:
         pass  # outside a replica (e.g. tooling): no enum
     app.openapi_schema = schema
@@ -54,6 +60,16 @@ def openapi() -> dict:
 
 
 app.openapi = openapi
+
+
+@app.get("/swagger-ui", include_in_schema=False)
+def swagger_ui() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="/api-docs", title="dotnet-scripts — Swagger UI",
+        swagger_js_url="/swagger-ui-assets/swagger-ui-bundle.js",
+        swagger_css_url="/swagger-ui-assets/swagger-ui.css",
+        swagger_favicon_url="data:,",
+    )
 
 
 @app.get("/api-docs.yaml", include_in_schema=False)

@@ -1,11 +1,14 @@
-"""GET /actuator/health: UP when the database answers and the cluster offers the agent types."""
+"""GET /actuator/health: UP when the database answers, Ray is there and sandboxes can start."""
 
 import asyncio
+import shutil
+import subprocess
 
 import ray
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from cluster.agent_types import CATALOGUE
 from serve_app.deps import Services, get_services
 
 router = APIRouter(tags=["service"])
@@ -28,9 +31,28 @@ def _cluster(svc: Services) -> dict:
     return {"status": "UP", "details": {"agentTypes": slots}}
 
 
+def _sandbox(svc: Services) -> dict:
+    """Docker and the agent types' images, as seen from this replica's node."""
+    if shutil.which("docker") is None:
+        return {"status": "UNKNOWN", "details": {"reason": "no Docker on this replica's node"}}
+    images = {}
+    for name in svc.settings.agent_types:
+        image = CATALOGUE[name].image
+        try:
+            ok = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                                capture_output=True, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return {"status": "DOWN", "details": {"reason": "Docker does not answer"}}
+        images[name] = {"image": image, "present": ok}
+    if not images or not any(i["present"] for i in images.values()):
+        return {"status": "DOWN", "details": {"images": images}}
+    return {"status": "UP", "details": {"images": images, "runtime": svc.settings.sandbox_runtime}}
+
+
 @router.get("/actuator/health")
 async def health(svc: Services = Depends(get_services)):
-    db, cluster = await asyncio.gather(asyncio.to_thread(_database, svc), asyncio.to_thread(_cluster, svc))
-    up = db["status"] == "UP" and cluster["status"] == "UP"
-    body = {"status": "UP" if up else "DOWN", "components": {"db": db, "ray": cluster}}
+    db, cluster, sandbox = await asyncio.gather(
+        asyncio.to_thread(_database, svc), asyncio.to_thread(_cluster, svc), asyncio.to_thread(_sandbox, svc))
+    up = db["status"] == "UP" and cluster["status"] == "UP" and sandbox["status"] != "DOWN"
+    body = {"status": "UP" if up else "DOWN", "components": {"db": db, "ray": cluster, "sandbox": sandbox}}
     return JSONResponse(status_code=200 if up else 503, content=body)

@@ -72,10 +72,15 @@ class Payload(ApiModel):
 class JobRequest(ApiModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True,
-        json_schema_extra={"examples": [{
-            "requestId": "request-1", "senderId": "sender-1",
-            "payload": {"script": 'Console.WriteLine("Hello");', "agentType": "linux-amd64-mono-6"},
-        }]},
+        json_schema_extra={"examples": [
+            {"requestId": "request-1", "senderId": "sender-1",
+             "payload": {"script": 'Console.WriteLine("Hello");', "agentType": "linux-amd64-mono-6"}},
+            {"requestId": "request-2", "senderId": "sender-1",
+             "payload": {"script": 'Console.WriteLine("Hello");', "agentType": "linux-amd64-mono-6",
+                         "jobConfig": {"nugetConfigXml": (
+                             '<?xml version="1.0" encoding="utf-8"?><configuration><packageSources>'
+                             '<add key="feed" value="https://FEED/v3/index.json" /></packageSources></configuration>')}}},
+        ]},
     )
     request_id: NonBlank36 = Field(description="idempotency key, at most 36 characters: a repeated requestId returns the existing job and does not run it again")
     sender_id: NonBlank36 = Field(description="who sends the job, at most 36 characters")
@@ -121,7 +126,7 @@ class Job(SQLModel, table=True):
 
 
 class JobCreated(ApiModel):
-    job_id: uuid.UUID
+    job_id: uuid.UUID = Field(description="the job's id, for GET /jobs/{id}")
 
 
 class JobView(ApiModel):
@@ -151,4 +156,6 @@ class JobResultView(ApiModel):
 
 
 class Message(BaseModel):
+    """An error a person can act on."""
+
     message: str

@@ -1,6 +1,7 @@
 """The REST contract of SPEC §3 against the running service (SQLite and PostgreSQL)."""
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -153,11 +154,18 @@ def test_openapi_json_yaml_and_swagger_ui(client):
                                   "/jobs/{job_id}/request", "/actuator/health"}
     post = spec["paths"]["/jobs"]["post"]["responses"]
     assert {"200", "201", "400"} <= set(post) and "422" not in post
-    assert spec["components"]["schemas"]["Payload"]["properties"]["agentType"]["enum"] == [MONO]
+    payloads = [c for name, c in spec["components"]["schemas"].items() if name.startswith("Payload")]
+    assert payloads and all(p["properties"]["agentType"]["enum"] == [MONO] for p in payloads)
     assert "REJECTED" in spec["components"]["schemas"]["JobStatus"]["description"]
     assert yaml.safe_load(client.get("/api-docs.yaml").text) == spec
     page = client.get("/swagger-ui")
-    assert page.status_code == 200 and "swagger-ui" in page.text and "/api-docs" in page.text
+    assert page.status_code == 200 and "'/api-docs'" in page.text
+    # the page's scripts and styles come from the service itself, not from a CDN
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(a.startswith("/swagger-ui-assets/") or a.startswith("data:") for a in assets), assets
+    for a in assets:
+        if a.startswith("/"):
+            assert client.get(a).status_code == 200, a
 
 
 def test_health_reports_its_components(client):
@@ -165,6 +173,9 @@ def test_health_reports_its_components(client):
     assert h["status"] == "UP"
     assert h["components"]["db"]["status"] == "UP"
     assert h["components"]["ray"]["details"]["agentTypes"][MONO]["slots"] == 2
+    sandbox = h["components"]["sandbox"]
+    assert sandbox["status"] == "UP" and sandbox["details"]["images"][MONO]["present"] is True
+    assert sandbox["details"]["runtime"] == "runsc"
 
 
 def test_logs_never_contain_script_text_or_output(service, jobs):
