@@ -22,6 +22,14 @@ def sandbox_containers() -> list[str]:
     return out.split()
 
 
+def containers_created(job_id: str, since: str) -> list[str]:
+    """Sandbox containers Docker created for a job since a Unix time: how often it really ran."""
+    return subprocess.run(
+        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
+         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     with postgres() as server:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import MONO, ROOT
+from tests.conftest import MONO, ROOT, containers_created
 
 
 def body(**over):
@@ -75,10 +75,7 @@ def test_concurrent_duplicates_make_one_job_and_one_run(client, jobs):
     assert len(ids) == 1
     job_id = ids.pop()
     assert jobs.wait(job_id)["result"]["stdout"] == "only once\n"
-    created = subprocess.run(
-        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
-         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
-        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    created = containers_created(job_id, since)
     assert len(created) == 1
 
 
@@ -141,10 +138,7 @@ def test_deleting_a_pending_job_means_it_never_runs(client, jobs):
     for b in blockers:
         jobs.wait(b)
     time.sleep(2)
-    created = subprocess.run(
-        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
-         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
-        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    created = containers_created(job_id, since)
     assert created == []
 
 

@@ -1,10 +1,9 @@
 """Scripts in, output out: through HTTP, a real Ray, Docker and the gVisor runtime."""
 
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import MONO, WALL_TIME_S, sandbox_containers
+from tests.conftest import MONO, WALL_TIME_S, containers_created, sandbox_containers
 
 
 def test_hello_world(jobs):
@@ -104,11 +103,7 @@ def test_repeated_request_id_returns_the_same_job_and_runs_once(jobs, client):
     assert {a.json()["jobId"] for a in again} == {job_id}
     job = jobs.wait(job_id)
     assert job["result"]["stdout"] == "once\n"
-    events = subprocess.run(
-        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
-         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout.split()
+    events = containers_created(job_id, since)
     assert len(events) == 1, events
 
 
