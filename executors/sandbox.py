@@ -27,7 +27,10 @@ class Limits:
     wall_time_s: float = 60.0  #: wall clock from container start to exit, compile included
     memory_mb: int = 512  #: RAM; swap is set equal so the container cannot swap
     cpus: float = 1.0  #: CPU quota in cores
-    pids: int = 128  #: processes + threads (cgroup, plus RLIMIT_NPROC inside: runsc ignores the cgroup)
+    #: processes + threads. runc: pids cgroup + RLIMIT_NPROC. runsc: the pids cgroup counts the
+    #: gVisor kernel's own host threads (guest tasks are multiplexed on them) and RLIMIT_NPROC would
+    #: count the host's processes of the sentry's uid, so there only the cgroup is set, as a backstop
+    pids: int = 256
     nofile: int = 256  #: open files per process
     disk_mb: int = 64  #: the work dir (tmpfs)
     tmp_mb: int = 16  #: /tmp (tmpfs)
@@ -90,7 +93,7 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
         "--memory-swap", f"{lim.memory_mb}m",
         "--cpus", f"{lim.cpus:g}",
         "--pids-limit", str(lim.pids),
-        "--ulimit", f"nproc={lim.pids}:{lim.pids}",
+        *([] if spec.runtime.startswith("runsc") else ["--ulimit", f"nproc={lim.pids}:{lim.pids}"]),
         "--ulimit", f"nofile={lim.nofile}:{lim.nofile}",
         "--ulimit", "core=0:0",
         "--log-driver", "none",

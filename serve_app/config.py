@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     wall_time_s: float = Field(60.0, gt=0, le=3600)
     memory_mb: int = Field(512, ge=64, le=65536)
     cpus: float = Field(1.0, gt=0, le=64)
-    pids: int = Field(128, ge=16, le=65536)
+    pids: int = Field(256, ge=64, le=65536)
     nofile: int = Field(256, ge=32, le=1 << 20)
     disk_mb: int = Field(64, ge=1, le=1 << 20)
     tmp_mb: int = Field(16, ge=1, le=1 << 20)

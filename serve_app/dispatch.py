@@ -36,8 +36,18 @@ def result_from_outcome(o: Outcome) -> JobResult:
         finished = FinishedWith.SUCCEEDED
     else:
         finished = FinishedWith.FAILED
+    if o.timed_out:
+        limit = "WALL_TIME"
+    elif o.out_of_memory:
+        limit = "MEMORY"
+    elif o.stdout_truncated or o.stderr_truncated:
+        limit = "OUTPUT"
+    else:
+        limit = None
+    signal = o.exit_code - 128 if o.exit_code is not None and 128 < o.exit_code < 160 else None
     return JobResult(
         finished_with=finished, stdout=o.stdout, stderr=o.stderr, exit_code=o.exit_code,
+        limit_exceeded=limit, signal=signal,
         stdout_truncated=o.stdout_truncated, stderr_truncated=o.stderr_truncated,
         out_of_memory=o.out_of_memory, started_at=o.started_at, finished_at=o.finished_at,
         duration_ms=int((o.finished_at - o.started_at).total_seconds() * 1000),

@@ -97,6 +97,9 @@ class JobResult(ApiModel):
     stdout_truncated: bool = Field(False, description="stdout went over the cap; the rest was dropped")
     stderr_truncated: bool = Field(False, description="stderr went over the cap; the rest was dropped")
     out_of_memory: bool = Field(False, description="the sandbox was killed for going over its memory limit")
+    limit_exceeded: Optional[str] = Field(
+        None, description="the limit the run hit: WALL_TIME (killed), MEMORY (killed) or OUTPUT (output dropped)")
+    signal: Optional[int] = Field(None, description="the signal that ended the process, when one did (e.g. 9)")
     started_at: Optional[datetime] = Field(None, description="when the sandbox started")
     finished_at: Optional[datetime] = Field(None, description="when the sandbox ended")
     duration_ms: Optional[int] = Field(None, description="finishedAt - startedAt in milliseconds")

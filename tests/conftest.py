@@ -17,7 +17,8 @@ MEMORY_MB = 256
 
 
 def sandbox_containers() -> list[str]:
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dotnet-scripts.job"],
+    """Names of the sandbox containers that exist now."""
+    out = subprocess.run(["docker", "ps", "-a", "--filter", "label=dotnet-scripts.job", "--format", "{{.Names}}"],
                          capture_output=True, text=True, check=True).stdout
     return out.split()
 

@@ -30,16 +30,24 @@ def test_non_zero_exit_fails():
 def test_out_of_memory_fails_and_is_marked():
     r = result_from_outcome(outcome(exit_code=137, out_of_memory=True))
     assert r.finished_with == FinishedWith.FAILED and r.out_of_memory
+    assert r.limit_exceeded == "MEMORY" and r.signal == 9
 
 
 def test_timeout_wins_over_everything():
     r = result_from_outcome(outcome(exit_code=None, timed_out=True, out_of_memory=True))
     assert r.finished_with == FinishedWith.TIME_LIMIT_EXCEEDED
+    assert r.limit_exceeded == "WALL_TIME" and r.signal is None
 
 
 def test_truncation_flags_are_kept():
     r = result_from_outcome(outcome(stdout_truncated=True))
     assert r.stdout_truncated and not r.stderr_truncated
+    assert r.finished_with == FinishedWith.SUCCEEDED and r.limit_exceeded == "OUTPUT"
+
+
+def test_a_clean_run_hit_no_limit():
+    r = result_from_outcome(outcome(exit_code=3))
+    assert r.limit_exceeded is None and r.signal is None
 
 
 def test_sandbox_spec_takes_the_agent_type_and_the_limits():

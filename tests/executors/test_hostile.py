@@ -1,0 +1,153 @@
+"""Hostile scripts in real gVisor sandboxes: each is contained, with a clear outcome, and the host
+is unharmed. (SECURITY.md maps each control to these tests.)"""
+
+import os
+import resource
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cluster.agent_types import MONO_6
+from executors.sandbox import Limits, SandboxSpec, run_sandbox
+from tests.conftest import sandbox_containers
+
+WALL = 10
+
+
+def run(script: str, **limits):
+    spec = SandboxSpec(job_id=f"hostile-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                       limits=Limits(**{"wall_time_s": WALL, "memory_mb": 256, **limits}))
+    start = time.monotonic()
+    outcome = run_sandbox(spec, script)
+    return outcome, time.monotonic() - start
+
+
+SH = 'void Sh(string cmd) {{ File.WriteAllText("x.sh", cmd); var p = Process.Start(new ProcessStartInfo("/bin/sh", "x.sh") {{ UseShellExecute = false }}); p.WaitForExit(); }}\n{}'
+
+FORK_BOMB = SH.format('Sh("f() { f | f & }; f\\n");\nSystem.Threading.Thread.Sleep(30000);\nWriteLine("survived");')
+THREAD_BOMB = ("for (int i = 0; i < 100000; i++) new System.Threading.Thread(() => System.Threading.Thread.Sleep(-1))"
+               " { IsBackground = true }.Start();\nWriteLine(\"survived\");")
+MEMORY_BOMB = "var l = new List<byte[]>();\nwhile (true) { var b = new byte[16 << 20]; for (int i = 0; i < b.Length; i += 4096) b[i] = 1; l.Add(b); }"
+
+
+@pytest.mark.parametrize("script", [FORK_BOMB, THREAD_BOMB], ids=["fork-bomb", "thread-bomb"])
+def test_process_and_thread_bombs_are_contained(script):
+    o, took = run(script)
+    assert "survived" not in o.stdout
+    assert o.timed_out or o.exit_code != 0
+    assert took < WALL + 10
+    assert not any(n for n in sandbox_containers() if "hostile" in n)
+
+
+def test_a_child_process_is_allowed():
+    o, _ = run(SH.format('Sh("echo child ran; id -u\\n");'))
+    assert o.exit_code == 0 and o.stdout == "child ran\n10001\n"
+
+
+def test_memory_bomb_is_killed_and_marked():
+    o, took = run(MEMORY_BOMB)
+    assert o.out_of_memory and o.exit_code != 0 and took < WALL + 5
+
+
+@pytest.mark.parametrize("path, limit_mb", [("fill", 8), ("/tmp/fill", 4)], ids=["work-dir", "tmp"])
+def test_disk_fill_stops_at_the_size_limit(path, limit_mb):
+    o, _ = run(f'var b = new byte[1 << 20]; int i = 0;\ntry {{ using (var f = File.OpenWrite("{path}")) for (i = 0; i < 10000; i++) f.Write(b, 0, b.Length); }}\n'
+               f'catch (IOException e) {{ WriteLine("full at " + i + " MB"); }}', disk_mb=8, tmp_mb=4)
+    assert o.exit_code == 0, o.stderr
+    assert o.stdout in {f"full at {limit_mb - 1} MB\n", f"full at {limit_mb} MB\n"}, o.stdout
+
+
+@pytest.mark.parametrize("stream", ["Out", "Error"])
+def test_output_flood_is_capped_and_the_worker_stays_flat(stream):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    o, _ = run(f'var s = new string(\'x\', 8192);\nwhile (true) Console.{stream}.Write(s);', output_bytes=4096, wall_time_s=6)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    text, truncated = (o.stdout, o.stdout_truncated) if stream == "Out" else (o.stderr, o.stderr_truncated)
+    assert truncated and len(text) == 4096 and o.timed_out
+    assert grown_kb < 50_000, f"worker grew by {grown_kb} KiB while the script wrote a flood"
+
+
+def test_endless_sleep_is_killed_at_the_time_limit():
+    o, took = run("System.Threading.Thread.Sleep(-1);", wall_time_s=3)
+    assert o.timed_out and 3 <= took < 3 + 5
+
+
+def test_nothing_of_the_host_or_the_service_is_visible(monkeypatch):
+    secret = f"SECRET-{uuid.uuid4()}"
+    os.environ["DOTNET_SCRIPTS_TEST_SECRET"] = secret
+    try:
+        o, _ = run(
+            'foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables()) WriteLine(e.Key + "=" + e.Value);\n'
+            'foreach (var f in new[] { "/etc/hostname", "/proc/1/cmdline" }) WriteLine(f + ":" + File.ReadAllText(f));\n'
+            'WriteLine("root:" + string.Join(",", Directory.GetDirectories("/").OrderBy(d => d)));\n'
+            'WriteLine("sock:" + File.Exists("/var/run/docker.sock"));\n'
+        )
+    finally:
+        del os.environ["DOTNET_SCRIPTS_TEST_SECRET"]
+    assert o.exit_code == 0, o.stderr
+    assert secret not in o.stdout and "DATABASE_URL" not in o.stdout and "RAY_" not in o.stdout
+    assert "/etc/hostname:sandbox" in o.stdout
+    assert open("/etc/hostname").read().strip() not in o.stdout.replace("/etc/hostname:sandbox", "")
+    assert "sock:False" in o.stdout
+    assert "/work" not in o.stdout.split("root:")[1]
+
+
+def test_no_privileges_to_gain():
+    o, _ = run(
+        'WriteLine(File.ReadAllLines("/proc/self/status").First(l => l.StartsWith("CapEff")));\n'
+        + SH.format('Sh("id -u; mount -t tmpfs none /mnt 2>&1 || echo mount refused; '
+                    'touch /usr/bin/x 2>&1 || echo root fs read-only; '
+                    'cp /bin/sh ./sh && chmod u+s ./sh && ./sh -c \'id -u\'\\n");')
+    )
+    lines = o.stdout.splitlines()
+    assert lines[0].split()[-1] == "0000000000000000"  # no effective capabilities
+    assert lines[1] == "10001"
+    assert "mount refused" in o.stdout and "root fs read-only" in o.stdout
+    assert lines[-1] == "10001"  # a setuid copy gives nothing (nosuid, no-new-privileges, own uid)
+
+
+def test_a_background_child_dies_with_the_sandbox():
+    o, took = run(SH.format('Sh("(sleep 1000; echo late) > /dev/null 2>&1 &\\necho started\\n");\nWriteLine("script done");'))
+    assert o.exit_code == 0 and not o.timed_out and "script done" in o.stdout
+    assert took < WALL
+    assert not any(n for n in sandbox_containers() if "hostile" in n)
+
+
+def test_symlinks_made_in_the_sandbox_go_nowhere_on_the_host():
+    o, _ = run('File.WriteAllText("/sandbox/note", "x");\n'
+               'var p = Process.Start(new ProcessStartInfo("/bin/ln", "-s /etc/shadow /sandbox/link") { UseShellExecute = false }); p.WaitForExit();\n'
+               'try { WriteLine(File.ReadAllText("/sandbox/link").Length); } catch (Exception e) { WriteLine(e.GetType().Name); }')
+    assert o.exit_code == 0
+    assert o.stdout.strip() == "UnauthorizedAccessException"  # the image's own shadow, and not readable
+
+
+def test_files_of_one_job_are_invisible_to_the_next():
+    first, _ = run('File.WriteAllText("/sandbox/left", "1"); File.WriteAllText("/tmp/left", "1"); WriteLine("wrote");')
+    assert first.stdout == "wrote\n"
+    second, _ = run('WriteLine(File.Exists("/sandbox/left") + " " + File.Exists("/tmp/left") + " " + Directory.GetFiles("/sandbox").Length);')
+    assert second.stdout == "False False 0\n"
+
+
+def test_no_network_in_none_mode():
+    o, _ = run('try { new System.Net.Sockets.TcpClient().Connect("1.1.1.1", 80); WriteLine("connected"); }\n'
+               'catch (Exception e) { WriteLine("refused " + e.GetType().Name); }\n'
+               'try { System.Net.Dns.GetHostEntry("example.com"); WriteLine("resolved"); } catch (Exception e) { WriteLine("no dns"); }', wall_time_s=20)
+    assert "connected" not in o.stdout and "resolved" not in o.stdout
+    assert "refused" in o.stdout and "no dns" in o.stdout
+
+
+def test_hostile_jobs_in_parallel_do_not_starve_a_hello_world():
+    hostile = [FORK_BOMB, THREAD_BOMB, MEMORY_BOMB, "while (true) { }", "System.Threading.Thread.Sleep(-1);"] * 2
+    with ThreadPoolExecutor(11) as pool:
+        futures = [pool.submit(run, s) for s in hostile]
+        time.sleep(1)
+        hello = pool.submit(run, 'Console.WriteLine("Hello");', wall_time_s=30)
+        outcomes = [f.result() for f in futures]
+        h, took = hello.result()
+    assert h.exit_code == 0 and h.stdout == "Hello\n" and not h.timed_out, (h, took)
+    for (o, t), script in zip(outcomes, hostile):
+        assert "survived" not in o.stdout and (o.timed_out or o.exit_code != 0), script
+        assert t < WALL + 20
+    assert not any(n for n in sandbox_containers() if "hostile" in n)
