@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from executors.network import NETWORK as EGRESS_NETWORK, ensure_egress
+
 log = logging.getLogger(__name__)
 
 CONTAINER_PREFIX = "dotnet-scripts-job-"
@@ -45,7 +47,8 @@ class SandboxSpec:
     runtime: str = "runsc"  #: "runc" only for development: it shares the host kernel
     user: str = "10001:10001"
     work_dir: str = "/sandbox"
-    network: str = "none"
+    network: str = "none"  #: "none", or "egress": the filtered bridge of executors/network.py
+    egress_allow: tuple[str, ...] = ()  #: networks reachable in egress mode despite the blocklist
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -73,6 +76,11 @@ class SandboxError(RuntimeError):
 def docker_run_args(spec: SandboxSpec) -> list[str]:
     """The `docker run` argument list for a spec (without the leading `docker`)."""
     lim = spec.limits
+    runtime, network = spec.runtime, "none"
+    if spec.network == "egress":
+        network = EGRESS_NETWORK
+        if runtime == "runsc":  # gVisor's netstack cannot run here: use the container's netns
+            runtime = "runsc-host-net"
     uid, _, gid = spec.user.partition(":")
     tmpfs_opts = f"rw,nosuid,nodev,exec,uid={uid},gid={gid or uid},mode=0700"
     return [
@@ -80,8 +88,8 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
         "--name", spec.name,
         "--label", f"{LABEL}={spec.job_id}",
         "--label", f"{LABEL}.deadline={int(time.time() + lim.wall_time_s + 60)}",
-        "--runtime", spec.runtime,
-        "--network", spec.network,
+        "--runtime", runtime,
+        "--network", network,
         "--user", spec.user,
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
@@ -93,7 +101,7 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
         "--memory-swap", f"{lim.memory_mb}m",
         "--cpus", f"{lim.cpus:g}",
         "--pids-limit", str(lim.pids),
-        *([] if spec.runtime.startswith("runsc") else ["--ulimit", f"nproc={lim.pids}:{lim.pids}"]),
+        *([] if runtime.startswith("runsc") else ["--ulimit", f"nproc={lim.pids}:{lim.pids}"]),
         "--ulimit", f"nofile={lim.nofile}:{lim.nofile}",
         "--ulimit", "core=0:0",
         "--log-driver", "none",
@@ -135,6 +143,8 @@ def remove_container(name: str) -> None:
 
 def run_sandbox(spec: SandboxSpec, script: str) -> Outcome:
     """Runs `script` in a fresh container and returns how it ended. Raises SandboxError."""
+    if spec.network == "egress":
+        ensure_egress(spec.egress_allow)
     started = datetime.now(timezone.utc)
     proc = subprocess.Popen(
         ["docker", *docker_run_args(spec)],

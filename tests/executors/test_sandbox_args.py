@@ -58,3 +58,12 @@ def test_runtime_is_configurable():
 def test_no_nproc_rlimit_under_gvisor():
     # under runsc RLIMIT_NPROC applies to the sentry on the host and counts unrelated host processes
     assert not any(u.startswith("nproc=") for u in option(docker_run_args(SPEC), "--ulimit"))
+
+
+def test_egress_mode_joins_the_filtered_bridge_with_gvisor_on_the_containers_netns():
+    spec = SandboxSpec(job_id="x", image="i", command=("c",), network="egress")
+    args = docker_run_args(spec)
+    assert option(args, "--network") == ["dotnet-scripts-egress"]
+    assert option(args, "--runtime") == ["runsc-host-net"]
+    dev = SandboxSpec(job_id="x", image="i", command=("c",), network="egress", runtime="runc")
+    assert option(docker_run_args(dev), "--runtime") == ["runc"]
