@@ -1,12 +1,18 @@
 """The service's settings: read once from the environment (or .env), failing fast on bad values."""
 
+import ipaddress
+from dataclasses import fields
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cluster.agent_types import CATALOGUE
+from executors.sandbox import Limits
+
+#: the sandbox limits, each also a setting of the same name and an agent-type override key
+LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
 
 
 class Settings(BaseSettings):
@@ -36,6 +42,13 @@ class Settings(BaseSettings):
     disk_mb: int = Field(64, ge=1, le=1 << 20)
     tmp_mb: int = Field(16, ge=1, le=1 << 20)
     output_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    #: sandbox network of every agent type: none, or egress (public addresses only, see SECURITY.md)
+    network: Literal["none", "egress"] = "none"
+    #: networks that egress sandboxes may reach although private (e.g. an internal NuGet feed), comma separated
+    egress_allow: Annotated[list[str], NoDecode] = []
+    #: per agent type overrides of the limits above and of `network`, as JSON, e.g.
+    #: {"linux-amd64-mono-6": {"memory_mb": 1024, "network": "egress"}}
+    agent_overrides: dict[str, dict[str, Any]] = {}
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
     #: agent types the local head offers slots of (empty: all enabled ones)
@@ -49,7 +62,7 @@ class Settings(BaseSettings):
     #: a result nobody fetched is deleted this long after the job ended
     unfetched_retention_s: float = Field(7 * 86400.0, gt=0)
 
-    @field_validator("agent_types", "local_agent_types", mode="before")
+    @field_validator("agent_types", "local_agent_types", "egress_allow", mode="before")
     @classmethod
     def _split(cls, v):
         return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
@@ -66,6 +79,28 @@ class Settings(BaseSettings):
         unknown = [t for t in v if t not in CATALOGUE]
         if unknown or (not v and info.field_name == "agent_types"):
             raise ValueError(f"unknown agent types {unknown}; the catalogue has {sorted(CATALOGUE)}")
+        return v
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(n, strict=False)) for n in v]
+
+    @field_validator("agent_overrides")
+    @classmethod
+    def _overrides(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, over in v.items():
+            if name not in CATALOGUE:
+                raise ValueError(f"agent_overrides: unknown agent type {name!r}")
+            unknown = set(over) - set(LIMIT_FIELDS) - {"network"}
+            if unknown:
+                raise ValueError(f"agent_overrides[{name}]: unknown keys {sorted(unknown)}; "
+                                 f"known: {sorted(LIMIT_FIELDS)} and network")
+            if over.get("network", "none") not in ("none", "egress"):
+                raise ValueError(f"agent_overrides[{name}].network must be none or egress")
+            for key in set(over) & set(LIMIT_FIELDS):
+                if not isinstance(over[key], (int, float)) or over[key] <= 0:
+                    raise ValueError(f"agent_overrides[{name}].{key} must be a positive number")
         return v
 
     @field_validator("sandbox_runtime")

@@ -3,6 +3,9 @@
 import asyncio
 import logging
 import uuid
+from dataclasses import replace
+
+from pydantic.alias_generators import to_camel
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -10,22 +13,41 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.agent_types import CATALOGUE
 from executors.sandbox import Limits, Outcome, SandboxSpec
 from executors.task import run_job, stop_sandbox
-from serve_app.config import Settings
-from serve_app.models import FinishedWith, JobResult, JobStatus
+from serve_app.config import LIMIT_FIELDS, Settings
+from serve_app.models import FinishedWith, JobConfig, JobResult, JobStatus
 from serve_app.store import JobStore
 
 log = logging.getLogger("dotnet_scripts.jobs")
 
 
-def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str) -> SandboxSpec:
+def agent_profile(settings: Settings, agent_type: str) -> tuple[Limits, str]:
+    """The most an agent type's jobs may have: its limits and network mode."""
+    over = settings.agent_overrides.get(agent_type, {})
+    limits = Limits(**{k: type(getattr(settings, k))(over.get(k, getattr(settings, k))) for k in LIMIT_FIELDS})
+    return limits, over.get("network", settings.network)
+
+
+def job_profile(settings: Settings, agent_type: str, config: JobConfig | None) -> tuple[Limits, str]:
+    """The agent type's profile lowered by what the job asks for. ValueError: it asks for more."""
+    limits, network = agent_profile(settings, agent_type)
+    asked = config.limits.model_dump(exclude_none=True) if config and config.limits else {}
+    for key, value in asked.items():
+        if value > getattr(limits, key):
+            raise ValueError(f"jobConfig.limits.{to_camel(key)} is {value:g}; "
+                             f"the most {agent_type} allows is {getattr(limits, key):g}")
+    if config and config.network:
+        if config.network == "egress" and network == "none":
+            raise ValueError(f"jobConfig.network egress: {agent_type} sandboxes have no network")
+        network = config.network
+    return replace(limits, **asked), network
+
+
+def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str, config: JobConfig | None = None) -> SandboxSpec:
     t = CATALOGUE[agent_type]
-    limits = Limits(
-        wall_time_s=settings.wall_time_s, memory_mb=settings.memory_mb, cpus=settings.cpus,
-        pids=settings.pids, nofile=settings.nofile, disk_mb=settings.disk_mb,
-        tmp_mb=settings.tmp_mb, output_bytes=settings.output_bytes,
-    )
+    limits, network = job_profile(settings, agent_type, config)
     return SandboxSpec(job_id=str(job_id), image=t.image, command=t.command, runtime=settings.sandbox_runtime,
-                       user=t.user, work_dir=t.work_dir, limits=limits)
+                       user=t.user, work_dir=t.work_dir, network=network,
+                       egress_allow=tuple(settings.egress_allow), limits=limits)
 
 
 def result_from_outcome(o: Outcome) -> JobResult:
@@ -62,8 +84,8 @@ class Dispatcher:
         self.running: dict[uuid.UUID, tuple[asyncio.Task, object]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def submit(self, job_id: uuid.UUID, agent_type: str, script: str) -> None:
-        spec = sandbox_spec(self.settings, job_id, agent_type)
+    def submit(self, job_id: uuid.UUID, agent_type: str, script: str, config: JobConfig | None = None) -> None:
+        spec = sandbox_spec(self.settings, job_id, agent_type, config)
         gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script)
         self.loop = asyncio.get_running_loop()
         task = self.loop.create_task(self._follow(job_id, gen))

@@ -7,6 +7,7 @@ import uuid
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
 from serve_app.deps import Services, get_services
+from serve_app.dispatch import job_profile
 from serve_app.models import (
     Job, JobCreated, JobRequest, JobRequestView, JobResultView, JobStatusView, JobView, Message,
 )
@@ -51,13 +52,17 @@ async def create_job(body: JobRequest, response: Response, svc: Services = Depen
     size = len(body.payload.script.encode())
     if size > settings.max_script_bytes:
         raise HTTPException(413, f"script is {size} bytes; the limit is {settings.max_script_bytes}")
+    try:
+        job_profile(settings, body.payload.agent_type, body.payload.job_config)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
     job, created = await asyncio.to_thread(svc.store.create, body)
     if not created:
         response.status_code = status.HTTP_200_OK
         log.info("job %s repeated requestId: not run again", job.id)
         return JobCreated(job_id=job.id)
     log.info("job %s PENDING agentType=%s sender=%s script=<CONTENT OMITTED>", job.id, job.agent_type, job.sender_id)
-    svc.dispatcher.submit(job.id, job.agent_type, body.payload.script)
+    svc.dispatcher.submit(job.id, job.agent_type, body.payload.script, body.payload.job_config)
     return JobCreated(job_id=job.id)
 
 

@@ -6,7 +6,7 @@ JSON field names are camelCase, as in the original Java service.
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
@@ -56,9 +56,25 @@ Text_ = Annotated[str, AfterValidator(_storable)]
 NonBlank36 = Annotated[Text_, StringConstraints(min_length=1, max_length=36, pattern=r"\S")]
 
 
+class JobLimits(ApiModel):
+    """Lower limits for this job; each at most what its agent type allows (400 otherwise)."""
+
+    wall_time_s: Optional[float] = Field(None, gt=0, description="wall-clock seconds")
+    memory_mb: Optional[int] = Field(None, gt=0, description="RAM in MiB (no swap)")
+    cpus: Optional[float] = Field(None, gt=0, description="CPU quota in cores")
+    pids: Optional[int] = Field(None, gt=0, description="processes and threads")
+    nofile: Optional[int] = Field(None, gt=0, description="open files per process")
+    disk_mb: Optional[int] = Field(None, gt=0, description="the work directory's size in MiB")
+    tmp_mb: Optional[int] = Field(None, gt=0, description="/tmp's size in MiB")
+    output_bytes: Optional[int] = Field(None, gt=0, description="cap of stdout and of stderr, each")
+
+
 class JobConfig(ApiModel):
     """How the sandbox is set up for this job."""
 
+    limits: Optional[JobLimits] = None
+    network: Optional[Literal["none", "egress"]] = Field(
+        None, description="none, or egress (public addresses only); at most what the agent type allows")
     nuget_config_xml: Optional[Text_] = Field(None, description="NuGet.Config XML naming the feeds for `#r \"nuget: ...\"`")
 
 

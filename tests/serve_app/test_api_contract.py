@@ -224,3 +224,22 @@ def test_text_a_database_cannot_store_is_a_400(client, field, value):
     r = client.post("/jobs", content=json.dumps(b), headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert field in r.json()["message"]
+
+
+def test_a_job_asking_for_more_than_its_agent_type_allows_is_a_400(client):
+    r = client.post("/jobs", json=body(payload={"jobConfig": {"limits": {"memoryMb": 999999}}}))
+    assert r.status_code == 400
+    assert "memoryMb" in r.json()["message"] and MONO in r.json()["message"]
+    r = client.post("/jobs", json=body(payload={"jobConfig": {"network": "egress"}}))
+    assert r.status_code == 400 and "network" in r.json()["message"]
+
+
+def test_a_job_may_ask_for_lower_limits(client, jobs):
+    b = body(payload={"script": "while (true) { }", "jobConfig": {"limits": {"wallTimeS": 2, "memoryMb": 128}}})
+    start = time.monotonic()
+    job_id = client.post("/jobs", json=b).json()["jobId"]
+    job = jobs.wait(job_id)
+    assert job["result"]["finishedWith"] == "TIME_LIMIT_EXCEEDED" and job["result"]["limitExceeded"] == "WALL_TIME"
+    assert time.monotonic() - start < 2 + 6
+    asked = {k: v for k, v in job["request"]["payload"]["jobConfig"]["limits"].items() if v is not None}
+    assert asked == {"wallTimeS": 2.0, "memoryMb": 128}

@@ -22,9 +22,24 @@ def test_agent_types_from_a_comma_separated_variable(monkeypatch):
     {"PORT": "0"},
     {"MEMORY_MB": "1"},
     {"WALL_TIME_S": "-1"},
+    {"AGENT_OVERRIDES": '{"linux-amd64-cobol-1": {"memory_mb": 1}}'},
+    {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"memroy_mb": 1}}'},
+    {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"memory_mb": -5}}'},
+    {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"network": "bridge"}}'},
+    {"NETWORK": "host"},
+    {"EGRESS_ALLOW": "not-a-network"},
+    {"STALE_AFTER_S": "30", "WALL_TIME_S": "60"},
 ])
 def test_bad_values_are_refused(monkeypatch, env):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ValidationError):
         Settings(_env_file=None)
+
+
+def test_overrides_and_allowed_networks_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AGENT_OVERRIDES", '{"linux-amd64-mono-6": {"memory_mb": 1024, "network": "egress"}}')
+    monkeypatch.setenv("EGRESS_ALLOW", "10.5.0.0/16, 203.0.113.7")
+    s = Settings(_env_file=None)
+    assert s.agent_overrides["linux-amd64-mono-6"]["memory_mb"] == 1024
+    assert s.egress_allow == ["10.5.0.0/16", "203.0.113.7/32"]

@@ -2,10 +2,12 @@
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from executors.sandbox import Outcome
 from serve_app.config import Settings
-from serve_app.dispatch import result_from_outcome, sandbox_spec
-from serve_app.models import FinishedWith
+from serve_app.dispatch import agent_profile, job_profile, result_from_outcome, sandbox_spec
+from serve_app.models import FinishedWith, JobConfig
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -57,3 +59,32 @@ def test_sandbox_spec_takes_the_agent_type_and_the_limits():
     assert spec.runtime == "runc"
     assert spec.limits.wall_time_s == 7 and spec.limits.memory_mb == 300
     assert spec.name == "dotnet-scripts-job-00000000-0000-0000-0000-000000000001"
+
+
+def settings(**kw) -> Settings:
+    return Settings(_env_file=None, **kw)
+
+
+def test_agent_overrides_set_an_agent_types_limits_and_network():
+    s = settings(memory_mb=512, agent_overrides={"linux-amd64-mono-6": {"memory_mb": 1024, "network": "egress"}})
+    limits, network = agent_profile(s, "linux-amd64-mono-6")
+    assert limits.memory_mb == 1024 and network == "egress"
+    limits, network = agent_profile(s, "linux-amd64-dotnet-7")
+    assert limits.memory_mb == 512 and network == "none"
+
+
+def test_a_job_may_lower_its_limits_but_not_raise_them():
+    s = settings(memory_mb=512, wall_time_s=60)
+    lower = JobConfig.model_validate({"limits": {"memoryMb": 128, "wallTimeS": 2}})
+    limits, _ = job_profile(s, "linux-amd64-mono-6", lower)
+    assert (limits.memory_mb, limits.wall_time_s, limits.cpus) == (128, 2, s.cpus)
+    with pytest.raises(ValueError, match="jobConfig.limits.memoryMb is 2048; the most linux-amd64-mono-6 allows is 512"):
+        job_profile(s, "linux-amd64-mono-6", JobConfig.model_validate({"limits": {"memoryMb": 2048}}))
+
+
+def test_a_job_may_drop_the_network_but_not_add_one():
+    egress = settings(network="egress")
+    assert job_profile(egress, "linux-amd64-mono-6", JobConfig(network="none"))[1] == "none"
+    assert job_profile(egress, "linux-amd64-mono-6", None)[1] == "egress"
+    with pytest.raises(ValueError, match="no network"):
+        job_profile(settings(), "linux-amd64-mono-6", JobConfig(network="egress"))
