@@ -50,6 +50,8 @@ class SandboxSpec:
     network: str = "none"  #: "none", or "egress": the filtered bridge of executors/network.py
     egress_allow: tuple[str, ...] = ()  #: networks reachable in egress mode despite the blocklist
     limits: Limits = field(default_factory=Limits)
+    #: past wall time + this, a container whose task is gone is an orphan for the reaper
+    reap_grace_s: float = 60.0
 
     @property
     def name(self) -> str:
@@ -87,7 +89,7 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
         "run", "--interactive",
         "--name", spec.name,
         "--label", f"{LABEL}={spec.job_id}",
-        "--label", f"{LABEL}.deadline={int(time.time() + lim.wall_time_s + 60)}",
+        "--label", f"{LABEL}.deadline={int(time.time() + lim.wall_time_s + spec.reap_grace_s)}",
         "--runtime", runtime,
         "--network", network,
         "--user", spec.user,

@@ -15,6 +15,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from cluster.node import node_resources  # noqa: E402
+from executors.network import remove_egress  # noqa: E402
 from executors.reaper import reap  # noqa: E402
 from serve_app.app import build  # noqa: E402
 from serve_app.config import get_settings  # noqa: E402
@@ -46,6 +47,8 @@ def main() -> None:
     ray.shutdown()
     if local:  # the sandboxes of tasks that ended with Ray are nobody's now
         reap(everything=True)
+        if settings.network == "egress" or any(o.get("network") == "egress" for o in settings.agent_overrides.values()):
+            remove_egress()
 
 
 if __name__ == "__main__":
