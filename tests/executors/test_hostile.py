@@ -151,3 +151,23 @@ def test_hostile_jobs_in_parallel_do_not_starve_a_hello_world():
         assert "survived" not in o.stdout and (o.timed_out or o.exit_code != 0), script
         assert t < WALL + 20
     assert not any(n for n in sandbox_containers() if "hostile" in n)
+
+
+def test_open_files_are_limited():
+    o, _ = run('var files = new List<FileStream>();\n'
+               'try { for (int i = 0; i < 5000; i++) files.Add(File.Create("f" + i)); WriteLine("all open"); }\n'
+               'catch (IOException) { WriteLine("stopped at " + files.Count); }', nofile=128)
+    assert o.exit_code == 0, o.stderr
+    assert o.stdout.startswith("stopped at ") and int(o.stdout.split()[-1]) < 128
+
+
+def test_cpu_quota_bites():
+    # the same four busy threads get through far less work with 0.5 core than with 2 cores
+    script = ('var sw = Stopwatch.StartNew(); long total = 0;\n'
+              'var ts = Enumerable.Range(0, 4).Select(_ => new System.Threading.Thread(() => {\n'
+              '    long n = 0; while (sw.ElapsedMilliseconds < 3000) n++; System.Threading.Interlocked.Add(ref total, n); })).ToList();\n'
+              'ts.ForEach(t => t.Start()); ts.ForEach(t => t.Join());\nWriteLine(total);')
+    slow, _ = run(script, cpus=0.5)
+    fast, _ = run(script, cpus=2)
+    ratio = int(slow.stdout) / int(fast.stdout)
+    assert ratio < 0.6, ratio  # about 0.25 expected
