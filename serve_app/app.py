@@ -10,12 +10,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic.alias_generators import to_camel
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import deps, health, jobs, policies
-from serve_app.config import Settings
-from serve_app.dispatch import Dispatcher
+from serve_app.config import LIMIT_FIELDS, Settings
+from serve_app.dispatch import Dispatcher, agent_profile
 from serve_app.store import JobStore
 
 log = logging.getLogger("dotnet_scripts.api")
@@ -49,12 +50,24 @@ def openapi() -> dict:
     for unused in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(unused, None)
     try:
-        agent_types = deps.get_services().settings.agent_types
-        for component in schema["components"]["schemas"].values():
-            if "agentType" in component.get("properties", {}):
-                component["properties"]["agentType"]["enum"] = agent_types
+        settings = deps.get_services().settings
     except RuntimeError:
-        pass  # outside a replica (e.g. tooling): no enum
+        settings = None  # outside a replica (e.g. tooling): no deployment-specific bounds
+    if settings is not None:
+        profiles = [agent_profile(settings, t) for t in settings.agent_types]
+        for component in schema["components"]["schemas"].values():
+            props = component.get("properties", {})
+            if "agentType" in props:
+                props["agentType"]["enum"] = settings.agent_types
+            if "wallTimeS" in props:  # a job's limits: at most the largest agent type's
+                for name in LIMIT_FIELDS:
+                    prop = props[to_camel(name)]
+                    target = next((a for a in prop.get("anyOf", []) if a.get("type") != "null"), prop)
+                    target["maximum"] = max(getattr(limits, name) for limits, _ in profiles)
+            if "network" in props and "nugetConfigXml" in props:
+                modes = ["none", "egress"] if any(n == "egress" for _, n in profiles) else ["none"]
+                target = next((a for a in props["network"].get("anyOf", []) if a.get("type") != "null"), props["network"])
+                target["enum"] = modes
     app.openapi_schema = schema
     return schema
 
@@ -90,7 +103,7 @@ async def _invalid(_request: Request, exc: RequestValidationError):
     for e in exc.errors():
         msg = e.get("msg", "invalid")
         if e.get("type") == "string_pattern_mismatch":
-            msg = "must not be blank"
+            msg = "must not be blank, nor contain NUL characters"
         problems.append(f"{_field(e.get('loc', ()))}: {msg}")
     return JSONResponse(status_code=400, content={"message": "invalid request: " + "; ".join(problems)})
 

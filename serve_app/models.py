@@ -52,8 +52,10 @@ def _storable(text: str) -> str:
     return text
 
 
-Text_ = Annotated[str, AfterValidator(_storable)]
-NonBlank36 = Annotated[Text_, StringConstraints(min_length=1, max_length=36, pattern=r"\S")]
+NO_NUL = r"^[^\x00]*$"
+NON_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  #: some non-space character, and no NUL (the schema says so too)
+Storable = AfterValidator(_storable)
+NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=NON_BLANK), Storable]
 
 
 class JobLimits(ApiModel):
@@ -75,13 +77,13 @@ class JobConfig(ApiModel):
     limits: Optional[JobLimits] = None
     network: Optional[Literal["none", "egress"]] = Field(
         None, description="none, or egress (public addresses only); at most what the agent type allows")
-    nuget_config_xml: Optional[Text_] = Field(None, description="NuGet.Config XML naming the feeds for `#r \"nuget: ...\"`")
+    nuget_config_xml: Optional[Annotated[str, StringConstraints(pattern=NO_NUL), Storable]] = Field(None, description="NuGet.Config XML naming the feeds for `#r \"nuget: ...\"`")
 
 
 class Payload(ApiModel):
-    script: Annotated[Text_, StringConstraints(min_length=1, pattern=r"\S")] = Field(
+    script: Annotated[str, StringConstraints(min_length=1, pattern=NON_BLANK), Storable] = Field(
         description="C# script (.csx): usings, top-level statements, methods and types")
-    agent_type: Text_ = Field(description="platform to run on, e.g. linux-amd64-mono-6")
+    agent_type: Annotated[str, StringConstraints(pattern=NO_NUL), Storable] = Field(description="platform to run on, e.g. linux-amd64-mono-6")
     job_config: Optional[JobConfig] = None
 
 

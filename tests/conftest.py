@@ -114,3 +114,27 @@ class Jobs:
 @pytest.fixture(scope="session")
 def jobs(client) -> Jobs:
     return Jobs(client)
+
+
+def leftovers() -> list[str]:
+    """What a test run must not leave behind on the machine."""
+    found = [f"container {n}" for n in sandbox_containers()]
+    rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+    found += [f"iptables chain {c}" for c in ("DS-EGRESS", "DS-EGRESS-HOST") if f"-N {c}" in rules]
+    nets = subprocess.run(["docker", "network", "ls", "--filter", "label=dotnet-scripts.egress", "--format", "{{.Name}}"],
+                          capture_output=True, text=True).stdout.split()
+    found += [f"docker network {n}" for n in nets]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("ds-")]
+    mounts = open("/proc/mounts").read()
+    found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if "dotnet-scripts" in line]
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    left = leftovers()
+    if left:
+        print("\nLEFT BEHIND by the test run: " + ", ".join(left))
+        session.exitstatus = 1
