@@ -1,0 +1,198 @@
+"""One command, side-by-side latency and throughput figures (prints a table, writes JSON).
+
+    .venv/bin/python bench/run.py [--runs 10] [--jobs 200] [--out bench/results.json]
+
+1. floor: the same scripts through the same runner (csrun) with the same Mono, on the host;
+2. one `docker run --runtime=runsc` per script (the original service's architecture);
+3. this service end to end over HTTP (POST → result available), p50/p95/max;
+4. throughput: N hello-world jobs submitted at once, jobs/s until all are FINISHED, none lost;
+5. memory (PSS) of the service's process tree (Ray included), idle and under that load.
+Every latency is also given as a ratio to the floor measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cluster.agent_types import MONO_6  # noqa: E402
+from tests.services import api_service  # noqa: E402
+
+SCRIPTS = {
+    "hello": 'Console.WriteLine("Hello");',
+    "cpu-1s": ("long n = 0; for (long i = 2; n < 70000; i++) { bool p = true;"
+               " for (long d = 2; d * d <= i; d++) if (i % d == 0) { p = false; break; } if (p) n++; }"
+               " Console.WriteLine(n);"),
+}
+
+
+def pss_kib(root_pid: int) -> int:
+    """Proportional set size of a process and all its descendants."""
+    pids, todo = set(), [root_pid]
+    while todo:
+        pid = todo.pop()
+        pids.add(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def summary(samples: list[float]) -> dict:
+    s = sorted(samples)
+    return {"p50": statistics.median(s), "p95": s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))],
+            "max": s[-1], "n": len(s)}
+
+
+def floor_runner() -> list[str]:
+    """csrun compiled for the host's Mono (installed on demand, like the rest of the project)."""
+    if not (shutil.which("mono") and shutil.which("mcs")):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "mono-runtime", "mono-mcs"],
+                       check=True, capture_output=True)
+    exe = Path(tempfile.gettempdir()) / "dotnet-scripts-bench-csrun.exe"
+    subprocess.run(["mcs", "-nologo", "-optimize", f"-out:{exe}", "-r:System.Core",
+                    "-r:/usr/lib/mono/4.5/mcs.exe", str(ROOT / "sandbox-image/mono-6/runner/csrun.cs")],
+                   check=True)
+    return ["mono", "--debug", "-O=-inline", str(exe)]
+
+
+def timed(cmd: list[str], script: str, env: dict | None = None) -> float:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, input=script.encode(), capture_output=True, env=env)
+    took = time.perf_counter() - start
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {r.stderr.decode()[-500:]}")
+    return took
+
+
+def run_service_job(client: httpx.Client, script: str) -> float:
+    start = time.perf_counter()
+    job_id = client.post("/jobs", json={"requestId": str(uuid.uuid4()), "senderId": "bench",
+                                        "payload": {"script": script, "agentType": MONO_6.name}}).json()["jobId"]
+    while True:
+        result = client.get(f"/jobs/{job_id}/result").json()["result"]
+        if result is not None:
+            if result["finishedWith"] != "SUCCEEDED":
+                raise RuntimeError(f"bench job failed: {result}")
+            return time.perf_counter() - start
+        time.sleep(0.01)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "bench/results.json"))
+    a = ap.parse_args()
+    results: dict = {"runs": a.runs, "jobs": a.jobs, "slots": a.slots, "latency_s": {}, "throughput": {}, "memory_mib": {}}
+
+    host_cmd = floor_runner()
+    host_env = {**os.environ, "MONO_PATH": "/usr/lib/mono/4.5", "CSRUN_BUILD_DIR": tempfile.mkdtemp()}
+    docker_cmd = ["docker", "run", "--rm", "-i", "--runtime=runsc", "--network=none", MONO_6.image, *MONO_6.command]
+    with tempfile.TemporaryDirectory() as tmp, api_service(Path(tmp), LOCAL_SLOTS=str(a.slots),
+                                                          DATABASE_URL=f"sqlite:///{tmp}/bench.db") as svc:
+        client = httpx.Client(base_url=svc.url, timeout=120)
+        service_pid = _service_pid(svc.url)
+        time.sleep(3)
+        results["memory_mib"]["idle"] = round(pss_kib(service_pid) / 1024)
+        for name, script in SCRIPTS.items():
+            timed(host_cmd, script, host_env)  # warm the page cache
+            run_service_job(client, script)
+            lat = {
+                "floor": summary([timed(host_cmd, script, host_env) for _ in range(a.runs)]),
+                "docker run": summary([timed(docker_cmd, script) for _ in range(a.runs)]),
+                "service": summary([run_service_job(client, script) for _ in range(a.runs)]),
+            }
+            results["latency_s"][name] = lat
+
+        # throughput: the floor runs the same number of scripts, `slots` at a time, on the host
+        start = time.perf_counter()
+        with ThreadPoolExecutor(a.slots) as pool:
+            list(pool.map(lambda _: timed(host_cmd, SCRIPTS["hello"], host_env), range(a.jobs)))
+        floor_rate = a.jobs / (time.perf_counter() - start)
+
+        peak = 0
+        start = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            ids = list(pool.map(lambda i: client.post("/jobs", json={
+                "requestId": str(uuid.uuid4()), "senderId": "bench",
+                "payload": {"script": SCRIPTS["hello"], "agentType": MONO_6.name}}).json()["jobId"], range(a.jobs)))
+        pending = set(ids)
+        statuses: dict[str, str] = {}
+        while pending:
+            peak = max(peak, pss_kib(service_pid))
+            for job_id in list(pending):
+                st = client.get(f"/jobs/{job_id}/status").json()["status"]
+                if st in ("FINISHED", "REJECTED"):
+                    statuses[job_id] = st
+                    pending.discard(job_id)
+            time.sleep(0.2)
+        took = time.perf_counter() - start
+        results["throughput"] = {
+            "service_jobs_per_s": round(a.jobs / took, 2), "floor_jobs_per_s": round(floor_rate, 2),
+            "ratio_to_floor": round((a.jobs / took) / floor_rate, 3),
+            "finished": sum(1 for s in statuses.values() if s == "FINISHED"), "lost": a.jobs - len(statuses),
+        }
+        results["memory_mib"]["under_load_peak"] = round(peak / 1024)
+
+    Path(a.out).write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
+def _service_pid(url: str) -> int:
+    port = url.rsplit(":", 1)[1]
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"serve_app" in cmd and f"PORT={port}".encode() in env:
+            return int(proc.name)
+    raise RuntimeError("service process not found")
+
+
+def print_table(r: dict) -> None:
+    print(f"\nlatency (s), {r['runs']} runs each; ratio = p50 / floor p50")
+    print(f"{'script':<8} {'path':<11} {'p50':>7} {'p95':>7} {'max':>7} {'ratio':>7}")
+    for name, paths in r["latency_s"].items():
+        floor = paths["floor"]["p50"]
+        for path, s in paths.items():
+            print(f"{name:<8} {path:<11} {s['p50']:7.3f} {s['p95']:7.3f} {s['max']:7.3f} {s['p50'] / floor:7.2f}")
+    t = r["throughput"]
+    print(f"\nthroughput, {r['jobs']} hello-world jobs at once, {r['slots']} slots: "
+          f"service {t['service_jobs_per_s']} jobs/s, floor {t['floor_jobs_per_s']} jobs/s "
+          f"(ratio {t['ratio_to_floor']}), finished {t['finished']}, lost {t['lost']}")
+    m = r["memory_mib"]
+    print(f"memory (PSS of the service's process tree): idle {m['idle']} MiB, under load {m['under_load_peak']} MiB")
+    print("script with a cached NuGet reference: not measured (NuGet restore is issue 5)")
+
+
+if __name__ == "__main__":
+    main()
