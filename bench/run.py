@@ -82,6 +82,8 @@ def floor_runner() -> list[str]:
 
 
 def timed(cmd: list[str], script: str, env: dict | None = None) -> float:
+    if env is not None:  # the host runner: a build dir of its own, as each sandbox has
+        env = {**env, "CSRUN_BUILD_DIR": tempfile.mkdtemp(prefix="dotnet-scripts-bench-")}
     start = time.perf_counter()
     r = subprocess.run(cmd, input=script.encode(), capture_output=True, env=env)
     took = time.perf_counter() - start
@@ -113,7 +115,7 @@ def main() -> None:
     results: dict = {"runs": a.runs, "jobs": a.jobs, "slots": a.slots, "latency_s": {}, "throughput": {}, "memory_mib": {}}
 
     host_cmd = floor_runner()
-    host_env = {**os.environ, "MONO_PATH": "/usr/lib/mono/4.5", "CSRUN_BUILD_DIR": tempfile.mkdtemp()}
+    host_env = {**os.environ, "MONO_PATH": "/usr/lib/mono/4.5"}
     docker_cmd = ["docker", "run", "--rm", "-i", "--runtime=runsc", "--network=none", MONO_6.image, *MONO_6.command]
     with tempfile.TemporaryDirectory() as tmp, api_service(Path(tmp), LOCAL_SLOTS=str(a.slots),
                                                           DATABASE_URL=f"sqlite:///{tmp}/bench.db") as svc:

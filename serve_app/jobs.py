@@ -6,6 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
+from executors import nuget_config
 from serve_app.deps import Services, get_services
 from serve_app.dispatch import job_profile
 from serve_app.models import (
@@ -27,6 +28,15 @@ def _job(svc: Services, job_id: str) -> Job:
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
+
+
+def _shown(job: Job) -> JobRequest:
+    """The job's request as clients see it again: feed credentials redacted."""
+    request = job.request()
+    config = request.payload.job_config
+    if config and config.nuget_config_xml:
+        config.nuget_config_xml = nuget_config.redact(config.nuget_config_xml)
+    return request
 
 
 def _fetched(svc: Services, job_id: str) -> Job:
@@ -52,8 +62,11 @@ async def create_job(body: JobRequest, response: Response, svc: Services = Depen
     size = len(body.payload.script.encode())
     if size > settings.max_script_bytes:
         raise HTTPException(413, f"script is {size} bytes; the limit is {settings.max_script_bytes}")
+    config = body.payload.job_config
     try:
-        job_profile(settings, body.payload.agent_type, body.payload.job_config)
+        job_profile(settings, body.payload.agent_type, config)
+        if config and config.nuget_config_xml is not None:
+            nuget_config.parse(config.nuget_config_xml)  # bad XML is the client's 400 now, not a failed run later
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
     job, created = await asyncio.to_thread(svc.store.create, body)
@@ -69,14 +82,14 @@ async def create_job(body: JobRequest, response: Response, svc: Services = Depen
 @router.get("/{job_id}", response_model=JobView, response_model_exclude_none=False, responses=NOT_FOUND)
 def get_job(job_id: str, svc: Services = Depends(get_services)):
     job = _fetched(svc, job_id)
-    return JobView(job_id=job.id, request=job.request(), status=job.status,
+    return JobView(job_id=job.id, request=_shown(job), status=job.status,
                    rejected_reason=job.rejected_reason, result=job.result())
 
 
 @router.get("/{job_id}/request", response_model=JobRequestView, responses=NOT_FOUND)
 def get_job_request(job_id: str, svc: Services = Depends(get_services)):
     job = _job(svc, job_id)
-    return JobRequestView(job_id=job.id, request=job.request())
+    return JobRequestView(job_id=job.id, request=_shown(job))
 
 
 @router.get("/{job_id}/status", response_model=JobStatusView, responses=NOT_FOUND)

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,9 +18,17 @@ import httpx
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range and Ray's worker ports (10002-19999), so
+    that the processes a service starts before it binds cannot take it meanwhile."""
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port in 20000-30000")
 
 
 def _stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 60) -> None:

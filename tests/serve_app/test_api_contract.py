@@ -243,3 +243,26 @@ def test_a_job_may_ask_for_lower_limits(client, jobs):
     assert time.monotonic() - start < 2 + 6
     asked = {k: v for k, v in job["request"]["payload"]["jobConfig"]["limits"].items() if v is not None}
     assert asked == {"wallTimeS": 2.0, "memoryMb": 128}
+
+
+@pytest.mark.parametrize("xml, words", [
+    ("<configuration><packageSources>", "well-formed"),
+    ('<?xml version="1.0"?><!DOCTYPE c [<!ENTITY x SYSTEM "file:///etc/passwd">]><configuration>&x;</configuration>', "DTD"),
+    ("<configuration>" + "<a/>" * 3_000_000 + "</configuration>", "limit"),
+])
+def test_bad_nuget_config_is_a_400_at_submission(client, xml, words):
+    r = client.post("/jobs", json=body(payload={"jobConfig": {"nugetConfigXml": xml}}))
+    assert r.status_code == 400 and words in r.json()["message"] and "nugetConfigXml" in r.json()["message"]
+
+
+def test_feed_credentials_are_never_shown_back(client, jobs):
+    xml = ('<configuration><packageSources><add key="feed" value="https://feed.example/v3/index.json"/></packageSources>'
+           '<packageSourceCredentials><feed><add key="Username" value="me"/>'
+           '<add key="ClearTextPassword" value="hunter2-secret"/></feed></packageSourceCredentials></configuration>')
+    r = client.post("/jobs", json=body(payload={"jobConfig": {"nugetConfigXml": xml}}))
+    assert r.status_code == 201
+    job_id = r.json()["jobId"]
+    jobs.wait(job_id)
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/request"):
+        text = client.get(path).text
+        assert "hunter2-secret" not in text and "feed.example" in text
