@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app import deps, health, jobs, policies
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.dispatch import Dispatcher, agent_profile
+from serve_app.events import Events
 from serve_app.store import JobStore
 
 log = logging.getLogger("dotnet_scripts.api")
@@ -126,7 +127,8 @@ class JobService:
         logging.basicConfig(level=logging.INFO)
         cfg = Settings(**settings)
         store = JobStore(cfg.database_url)
-        self.services = deps.Services(settings=cfg, store=store, dispatcher=Dispatcher(cfg, store))
+        events = Events(cfg.redis_url)
+        self.services = deps.Services(settings=cfg, store=store, dispatcher=Dispatcher(cfg, store, events), events=events)
         deps.install(self.services)
         self.policies = asyncio.get_running_loop().create_task(policies.run_forever(self.services))
 

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535)
     #: Serve replicas of the API; they share state only through the database
     serve_replicas: int = Field(1, ge=1, le=64)
+    #: Redis for job events (long-polls end the moment a job does); empty: long-polls read the database
+    redis_url: str = ""
     #: Ray cluster to join; empty starts a local head that offers `local_slots` of each agent type
     ray_address: str = ""
     #: sandbox slots of each enabled agent type on the local head

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from serve_app.config import Settings
 from serve_app.dispatch import Dispatcher
+from serve_app.events import Events
 from serve_app.store import JobStore
 
 
@@ -16,6 +17,7 @@ class Services:
     settings: Settings
     store: JobStore
     dispatcher: Dispatcher
+    events: Events
 
 
 _services: Services | None = None

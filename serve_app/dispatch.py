@@ -14,6 +14,7 @@ from cluster.agent_types import CATALOGUE
 from executors.sandbox import Limits, Outcome, SandboxSpec
 from executors.task import run_job, stop_sandbox
 from serve_app.config import LIMIT_FIELDS, Settings
+from serve_app.events import Events
 from serve_app.models import FinishedWith, JobConfig, JobResult, JobStatus
 from serve_app.store import JobStore
 
@@ -79,8 +80,8 @@ def result_from_outcome(o: Outcome) -> JobResult:
 class Dispatcher:
     """Starts each job's Ray task and records what comes back. Lives in an API replica."""
 
-    def __init__(self, settings: Settings, store: JobStore):
-        self.settings, self.store = settings, store
+    def __init__(self, settings: Settings, store: JobStore, events: Events):
+        self.settings, self.store, self.events = settings, store, events
         self.running: dict[uuid.UUID, tuple[asyncio.Task, object]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -102,6 +103,7 @@ class Dispatcher:
                 elif item["event"] == "FINISHED":
                     result = result_from_outcome(item["outcome"])
                     await asyncio.to_thread(self.store.transition, job_id, JobStatus.FINISHED, result=result)
+                    await self.events.publish(job_id, JobStatus.FINISHED.value)
                     log.info("job %s FINISHED finishedWith=%s exitCode=%s stdout=<CONTENT OMITTED> stderr=<CONTENT OMITTED>",
                              job_id, result.finished_with.value, result.exit_code)
                 else:
@@ -116,6 +118,7 @@ class Dispatcher:
     async def _reject(self, job_id: uuid.UUID, reason: str) -> None:
         if await asyncio.to_thread(self.store.transition, job_id, JobStatus.REJECTED, reason=reason):
             log.info("job %s REJECTED reason=%s", job_id, reason)
+            await self.events.publish(job_id, JobStatus.REJECTED.value)
 
     def stop(self, job_id: uuid.UUID, node_id: str | None) -> None:
         """Stops a job's sandbox wherever it runs; callable from any thread."""

@@ -53,6 +53,8 @@ def _sandbox(svc: Services) -> dict:
 async def health(svc: Services = Depends(get_services)):
     db, cluster, sandbox = await asyncio.gather(
         asyncio.to_thread(_database, svc), asyncio.to_thread(_cluster, svc), asyncio.to_thread(_sandbox, svc))
+    events = await svc.events.ping()  # without Redis the API still works: not part of UP/DOWN
     up = db["status"] == "UP" and cluster["status"] == "UP" and sandbox["status"] != "DOWN"
-    body = {"status": "UP" if up else "DOWN", "components": {"db": db, "ray": cluster, "sandbox": sandbox}}
+    body = {"status": "UP" if up else "DOWN",
+            "components": {"db": db, "ray": cluster, "sandbox": sandbox, "redis": events}}
     return JSONResponse(status_code=200 if up else 503, content=body)

@@ -4,13 +4,13 @@ import asyncio
 import logging
 import uuid
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
 from executors import nuget_config
 from serve_app.deps import Services, get_services
 from serve_app.dispatch import job_profile
 from serve_app.models import (
-    Job, JobCreated, JobRequest, JobRequestView, JobResultView, JobStatusView, JobView, Message,
+    Job, JobCreated, JobStatus, JobRequest, JobRequestView, JobResultView, JobStatusView, JobView, Message,
 )
 
 log = logging.getLogger("dotnet_scripts.jobs")
@@ -99,8 +99,21 @@ def get_job_status(job_id: str, svc: Services = Depends(get_services)):
 
 
 @router.get("/{job_id}/result", response_model=JobResultView, responses=NOT_FOUND)
-def get_job_result(job_id: str, svc: Services = Depends(get_services)):
-    job = _fetched(svc, job_id)
+async def get_job_result(
+    job_id: str,
+    wait: int = Query(0, ge=0, le=60, description="seconds to wait for the job to end (long-poll); 0 answers at once"),
+    svc: Services = Depends(get_services),
+):
+    """The result; null until the job is FINISHED. With `wait`, answers the moment the job ends."""
+    job = await asyncio.to_thread(_job, svc, job_id)
+    if wait and job.status in (JobStatus.PENDING, JobStatus.RUNNING):
+
+        async def ended() -> bool:
+            current = await asyncio.to_thread(svc.store.get, job.id)
+            return current is None or current.status in (JobStatus.FINISHED, JobStatus.REJECTED)
+
+        await svc.events.wait(job.id, wait, ended)
+    job = await asyncio.to_thread(_fetched, svc, job_id)
     return JobResultView(job_id=job.id, result=job.result())
 
 

@@ -19,15 +19,15 @@ def stale_reason(status: JobStatus, agent_type: str, seconds: float) -> str:
     return f"no result within {seconds:g} s of starting: its node or the service lost the job"
 
 
-def sweep(svc: Services) -> tuple[int, int]:
-    """One pass of the policies; returns (jobs rejected, jobs deleted)."""
+def sweep(svc: Services) -> tuple[list, int]:
+    """One pass of the policies; returns (ids of the jobs rejected, number of jobs deleted)."""
     cfg, store = svc.settings, svc.store
     now = utcnow()
-    rejected = 0
+    rejected = []
     for job in store.stale(now - timedelta(seconds=cfg.stale_after_s)):
         reason = stale_reason(job.status, job.agent_type, cfg.stale_after_s)
         if store.transition(job.id, JobStatus.REJECTED, reason=reason):
-            rejected += 1
+            rejected.append(job.id)
             log.info("job %s REJECTED reason=%s", job.id, reason)
             svc.dispatcher.stop(job.id, job.node_id)
     deleted = store.delete_expired(
@@ -43,6 +43,8 @@ async def run_forever(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.settings.sweep_interval_s)
         try:
-            await asyncio.to_thread(sweep, svc)
+            rejected, _ = await asyncio.to_thread(sweep, svc)
+            for job_id in rejected:
+                await svc.events.publish(job_id, JobStatus.REJECTED.value)
         except Exception:
             log.exception("policy sweep failed; retrying at the next interval")

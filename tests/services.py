@@ -115,3 +115,20 @@ def api_service(workdir: Path, **env_overrides: str):
             yield Service(base, log_path, workdir)
         finally:
             _stop(proc)
+
+
+@contextmanager
+def redis_server():
+    """A throw-away Redis on 127.0.0.1; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        _stop(proc, signal.SIGTERM)

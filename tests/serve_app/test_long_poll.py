@@ -1,0 +1,66 @@
+"""GET /jobs/{id}/result?wait=N answers the moment the job ends (Redis events), and still works,
+by reading the database, when Redis is gone."""
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from tests.conftest import MONO
+from tests.services import api_service, redis_server
+
+
+@pytest.fixture(scope="module")
+def redis_and_client(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("long-poll")
+    with redis_server() as (url, proc):
+        with api_service(tmp, DATABASE_URL=f"sqlite:///{tmp}/jobs.db", REDIS_URL=url) as svc:
+            with httpx.Client(base_url=svc.url, timeout=90) as client:
+                yield proc, client
+
+
+def submit(client, script: str) -> str:
+    return client.post("/jobs", json={"requestId": str(uuid.uuid4()), "senderId": "lp",
+                                      "payload": {"script": script, "agentType": MONO}}).json()["jobId"]
+
+
+def test_long_poll_returns_within_a_second_of_the_end(redis_and_client):
+    _, client = redis_and_client
+    job_id = submit(client, "System.Threading.Thread.Sleep(2500);\nConsole.WriteLine(\"done\");")
+    r = client.get(f"/jobs/{job_id}/result", params={"wait": 30})
+    answered = datetime.now(timezone.utc)
+    result = r.json()["result"]
+    assert result["stdout"] == "done\n"
+    finished = datetime.fromisoformat(result["finishedAt"].replace("Z", "+00:00"))
+    assert (answered - finished).total_seconds() < 1.0
+    assert client.get("/actuator/health").json()["components"]["redis"]["status"] == "UP"
+
+
+def test_long_poll_gives_up_after_wait_seconds(redis_and_client):
+    _, client = redis_and_client
+    job_id = submit(client, "System.Threading.Thread.Sleep(20000);")
+    start = time.monotonic()
+    r = client.get(f"/jobs/{job_id}/result", params={"wait": 2})
+    assert r.json()["result"] is None and 2 <= time.monotonic() - start < 4
+    assert client.delete(f"/jobs/{job_id}").status_code == 200
+
+
+@pytest.mark.parametrize("wait", [-1, 61, "x"])
+def test_wait_out_of_range_is_a_400(redis_and_client, wait):
+    _, client = redis_and_client
+    job_id = submit(client, 'Console.WriteLine("x");')
+    r = client.get(f"/jobs/{job_id}/result", params={"wait": wait})
+    assert r.status_code == 400 and "wait" in r.json()["message"]
+
+
+def test_without_redis_the_api_still_works_and_health_says_so(redis_and_client):
+    proc, client = redis_and_client
+    proc.terminate()
+    proc.wait(10)
+    job_id = submit(client, 'Console.WriteLine("still here");')
+    r = client.get(f"/jobs/{job_id}/result", params={"wait": 30})
+    assert r.status_code == 200 and r.json()["result"]["stdout"] == "still here\n"
+    health = client.get("/actuator/health").json()
+    assert health["status"] == "UP" and health["components"]["redis"]["status"] == "DOWN"
