@@ -143,47 +143,71 @@ def remove_container(name: str) -> None:
     _docker("rm", "--force", "--volumes", name)
 
 
+class Sandbox:
+    """A started container whose runner waits for its script on stdin. It runs exactly one script;
+    started ahead of time it is what the warm pool holds (executors/pool.py)."""
+
+    def __init__(self, spec: SandboxSpec):
+        if spec.network == "egress":
+            ensure_egress(spec.egress_allow)
+        self.spec, self.name = spec, spec.name
+        self.created = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["docker", *docker_run_args(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.out = _CappedReader(self.proc.stdout, spec.limits.output_bytes)
+        self.err = _CappedReader(self.proc.stderr, spec.limits.output_bytes)
+        self.out.start()
+        self.err.start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, script: str, name: str | None = None, remove: bool = True) -> Outcome:
+        """Renames the container to `name` (a job's), hands it the script and waits for the end."""
+        try:
+            if name and name != self.name:
+                if _docker("rename", self.name, name).returncode != 0:
+                    raise SandboxError("the pre-started sandbox is gone")
+                self.name = name
+            started = datetime.now(timezone.utc)
+            threading.Thread(target=_feed, args=(self.proc, script.encode()), daemon=True).start()
+            timed_out = False
+            try:
+                self.proc.wait(timeout=self.spec.limits.wall_time_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _docker("kill", self.name)
+                self.proc.wait(timeout=30)
+            self.out.join(10)
+            self.err.join(10)
+            finished = datetime.now(timezone.utc)
+            state = _state(self.name)
+            if state is None or (self.proc.returncode == DOCKER_ERROR and not state.get("StartedAt", "").strip("0-:TZ.")):
+                raise SandboxError(f"sandbox did not start: {self.err.text().strip()[:500]}")
+            return Outcome(
+                exit_code=None if timed_out else state.get("ExitCode", self.proc.returncode),
+                stdout=self.out.text(), stderr=self.err.text(),
+                stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,
+                timed_out=timed_out, out_of_memory=bool(state.get("OOMKilled")),
+                started_at=started, finished_at=finished,
+            )
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            if remove:
+                remove_container(self.name)
+
+    def discard(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        remove_container(self.name)
+
+
 def run_sandbox(spec: SandboxSpec, script: str) -> Outcome:
     """Runs `script` in a fresh container and returns how it ended. Raises SandboxError."""
-    if spec.network == "egress":
-        ensure_egress(spec.egress_allow)
-    started = datetime.now(timezone.utc)
-    proc = subprocess.Popen(
-        ["docker", *docker_run_args(spec)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    out = _CappedReader(proc.stdout, spec.limits.output_bytes)
-    err = _CappedReader(proc.stderr, spec.limits.output_bytes)
-    out.start()
-    err.start()
-    timed_out = False
-    try:
-        feeder = threading.Thread(target=_feed, args=(proc, script.encode()), daemon=True)
-        feeder.start()
-        try:
-            proc.wait(timeout=spec.limits.wall_time_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _docker("kill", spec.name)
-            proc.wait(timeout=30)
-        out.join(10)
-        err.join(10)
-        finished = datetime.now(timezone.utc)
-        state = _state(spec.name)
-        if state is None or (proc.returncode == DOCKER_ERROR and not state.get("StartedAt", "").strip("0-:TZ.")):
-            raise SandboxError(f"sandbox did not start: {err.text().strip()[:500]}")
-        oom = bool(state.get("OOMKilled"))
-        return Outcome(
-            exit_code=None if timed_out else state.get("ExitCode", proc.returncode),
-            stdout=out.text(), stderr=err.text(),
-            stdout_truncated=out.truncated, stderr_truncated=err.truncated,
-            timed_out=timed_out, out_of_memory=oom,
-            started_at=started, finished_at=finished,
-        )
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        remove_container(spec.name)
+    return Sandbox(spec).run(script)
 
 
 def _feed(proc: subprocess.Popen, data: bytes) -> None:

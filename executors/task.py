@@ -6,15 +6,19 @@ service marks the job RUNNING), its second is the outcome. Both travel through t
 
 import ray
 
+from executors.pool import pool_for
 from executors.sandbox import Outcome, SandboxError, SandboxSpec, remove_container, run_sandbox
 
 
 @ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
-def run_job(spec: SandboxSpec, script: str):
+def run_job(spec: SandboxSpec, script: str, pool_size: int = 0):
     # num_cpus=0: the agent-type resource (one unit per sandbox slot) bounds concurrency, not CPUs
     yield {"event": "RUNNING", "node_id": ray.get_runtime_context().get_node_id()}
     try:
-        outcome: Outcome = run_sandbox(spec, script)
+        if pool_size > 0:  # a pre-started sandbox from this node's pool
+            outcome: Outcome = ray.get(pool_for(spec, pool_size).run.remote(spec, script))
+        else:
+            outcome = run_sandbox(spec, script)
     except SandboxError as e:
         yield {"event": "ERROR", "reason": str(e)}
         return

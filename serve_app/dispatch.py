@@ -87,7 +87,10 @@ class Dispatcher:
 
     def submit(self, job_id: uuid.UUID, agent_type: str, script: str, config: JobConfig | None = None) -> None:
         spec = sandbox_spec(self.settings, job_id, agent_type, config)
-        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script)
+        # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
+        custom = config is not None and (config.limits is not None or config.network is not None)
+        pool_size = 0 if custom else self.settings.pool_size
+        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script, pool_size)
         self.loop = asyncio.get_running_loop()
         task = self.loop.create_task(self._follow(job_id, gen))
         self.running[job_id] = (task, gen)

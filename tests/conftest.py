@@ -16,19 +16,27 @@ WALL_TIME_S = 8  #: short, so the timeout test is quick
 MEMORY_MB = 256
 
 
-def sandbox_containers() -> list[str]:
-    """Names of the sandbox containers that exist now."""
+POOLED = "dotnet-scripts-job-pool-"  #: pre-started sandboxes waiting for a job: not left behind
+
+
+def sandbox_containers(pooled: bool = False) -> list[str]:
+    """Names of the sandbox containers that exist now (those of jobs; with `pooled`, idle ones too)."""
     out = subprocess.run(["docker", "ps", "-a", "--filter", "label=dotnet-scripts.job", "--format", "{{.Names}}"],
                          capture_output=True, text=True, check=True).stdout
-    return out.split()
+    return [n for n in out.split() if pooled or not n.startswith(POOLED)]
 
 
 def containers_created(job_id: str, since: str) -> list[str]:
-    """Sandbox containers Docker created for a job since a Unix time: how often it really ran."""
-    return subprocess.run(
-        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
-         "--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create", "--format", "{{.ID}}"],
-        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    """Sandboxes given to a job since a Unix time, created for it or taken from the pool and
+    renamed after it: how often it really ran."""
+    until = str(int(time.time()) + 1)
+
+    def events(*filters: str) -> list[str]:
+        return subprocess.run(["docker", "events", "--since", since, "--until", until, *filters, "--format", "{{.ID}}"],
+                              capture_output=True, text=True, check=True, timeout=30).stdout.split()
+
+    return (events("--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create")
+            + events("--filter", f"container=dotnet-scripts-job-{job_id}", "--filter", "event=rename"))
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +126,7 @@ def jobs(client) -> Jobs:
 
 def leftovers() -> list[str]:
     """What a test run must not leave behind on the machine."""
-    found = [f"container {n}" for n in sandbox_containers()]
+    found = [f"container {n}" for n in sandbox_containers(pooled=True)]
     rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
     found += [f"iptables chain {c}" for c in ("DS-EGRESS", "DS-EGRESS-HOST") if f"-N {c}" in rules]
     nets = subprocess.run(["docker", "network", "ls", "--filter", "label=dotnet-scripts.egress", "--format", "{{.Name}}"],

@@ -1,5 +1,6 @@
 """Scripts in, output out: through HTTP, a real Ray, Docker and the gVisor runtime."""
 
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -132,3 +133,26 @@ def test_no_containers_are_left_behind(jobs):
     while sandbox_containers() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert sandbox_containers() == []
+
+
+def test_jobs_take_pre_started_sandboxes_from_the_pool(jobs):
+    since = str(int(time.time()) - 1)
+    jobs.run('Console.WriteLine("warm-up");')  # the pool fills while this runs
+    time.sleep(3)
+    job = jobs.run('Console.WriteLine("pooled");')
+    renamed = subprocess.run(
+        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1), "--filter", "event=rename",
+         "--filter", f"container=dotnet-scripts-job-{job['jobId']}", "--format", "{{.Actor.Attributes.oldName}}"],
+        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert len(renamed) == 1 and renamed[0].lstrip("/").startswith("dotnet-scripts-job-pool-")
+    assert job["result"]["stdout"] == "pooled\n"
+
+
+def test_pooled_sandboxes_share_nothing_between_jobs(jobs):
+    first = jobs.run('File.WriteAllText("/sandbox/left", "1"); File.WriteAllText("/tmp/left", "1");\n'
+                     'Console.WriteLine(Directory.GetFiles("/sandbox").Length);')
+    assert first["result"]["stdout"] == "1\n"
+    for _ in range(3):  # whichever pooled sandbox comes next
+        job = jobs.run('Console.WriteLine(File.Exists("/sandbox/left") + " " + File.Exists("/tmp/left") + " "'
+                       ' + Directory.GetFiles("/sandbox").Length);')
+        assert job["result"]["stdout"] == "False False 0\n"

@@ -1,0 +1,101 @@
+"""A warm pool of pre-started sandboxes per node and sandbox profile (agent type + limits).
+
+Each pooled container is started ahead with all the limits of a cold one; its runner waits for the
+script on stdin. A job takes one, renames it after itself (so it is stopped by name like any other),
+uses it once, and it is destroyed; the pool refills in the background. Isolation and the clean
+disk are exactly as without the pool: nothing is ever reused between jobs, only started earlier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import replace
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxSpec, remove_container, run_sandbox
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "dotnet-scripts"
+MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
+
+
+def template(spec: SandboxSpec) -> SandboxSpec:
+    """The spec of a pooled sandbox for jobs like `spec`: same everything but the job."""
+    return replace(spec, job_id="pool-template", reap_grace_s=MAX_IDLE_S + 300)
+
+
+def pool_name(node_id: str, spec: SandboxSpec) -> str:
+    digest = hashlib.sha256(repr(template(spec)).encode()).hexdigest()[:16]
+    return f"sandbox-pool-{node_id[:16]}-{digest}"
+
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class SandboxPool:
+    def __init__(self, spec: SandboxSpec, size: int):
+        self.template, self.size = template(spec), size
+        self.idle: deque[Sandbox] = deque()
+        self.starting = 0
+        self.lock = threading.Lock()
+        self._refill()
+
+    def _refill(self) -> None:
+        with self.lock:
+            need = max(0, self.size - len(self.idle) - self.starting)
+            self.starting += need
+        for _ in range(need):
+            threading.Thread(target=self._start_one, daemon=True).start()
+
+    def _start_one(self) -> None:
+        try:
+            sandbox = Sandbox(replace(self.template, job_id=f"pool-{uuid.uuid4()}"))
+        except Exception:
+            log.exception("could not pre-start a sandbox")
+            sandbox = None
+        with self.lock:
+            self.starting -= 1
+            if sandbox is not None:
+                self.idle.append(sandbox)
+
+    def _take(self) -> Sandbox | None:
+        with self.lock:
+            while self.idle:
+                sandbox = self.idle.popleft()
+                if sandbox.alive() and time.monotonic() - sandbox.created < MAX_IDLE_S:
+                    return sandbox
+                threading.Thread(target=sandbox.discard, daemon=True).start()
+        return None
+
+    def run(self, spec: SandboxSpec, script: str) -> Outcome:
+        sandbox = self._take()
+        self._refill()
+        if sandbox is None:
+            return run_sandbox(spec, script)  # none ready yet: a cold start, as without the pool
+        try:
+            outcome = sandbox.run(script, name=spec.name, remove=False)
+        except SandboxError:
+            sandbox.discard()
+            return run_sandbox(spec, script)
+        # the teardown of the used container is off the job's path, but always happens
+        threading.Thread(target=remove_container, args=(spec.name,), daemon=True).start()
+        return outcome
+
+    def idle_count(self) -> int:
+        with self.lock:
+            return len(self.idle)
+
+
+def pool_for(spec: SandboxSpec, size: int):
+    """This node's pool for sandboxes like `spec` (created on first use, shared by the node's tasks)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return SandboxPool.options(
+        name=pool_name(node_id, spec), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+    ).remote(spec, size)
