@@ -82,11 +82,15 @@ def floor_runner() -> list[str]:
 
 
 def timed(cmd: list[str], script: str, env: dict | None = None) -> float:
+    build = None
     if env is not None:  # the host runner: a build dir of its own, as each sandbox has
-        env = {**env, "CSRUN_BUILD_DIR": tempfile.mkdtemp(prefix="dotnet-scripts-bench-")}
+        build = tempfile.mkdtemp(prefix="dotnet-scripts-bench-")
+        env = {**env, "CSRUN_BUILD_DIR": build}
     start = time.perf_counter()
     r = subprocess.run(cmd, input=script.encode(), capture_output=True, env=env)
     took = time.perf_counter() - start
+    if build:
+        shutil.rmtree(build, ignore_errors=True)
     if r.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed: {r.stderr.decode()[-500:]}")
     return took
