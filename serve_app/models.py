@@ -61,6 +61,9 @@ NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, patte
 class JobLimits(ApiModel):
     """Lower limits for this job; each at most what its agent type allows (400 otherwise)."""
 
+    # strict: `true` is not a number of megabytes
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True)
+
     wall_time_s: Optional[float] = Field(None, gt=0, description="wall-clock seconds")
     memory_mb: Optional[int] = Field(None, gt=0, description="RAM in MiB (no swap)")
     cpus: Optional[float] = Field(None, gt=0, description="CPU quota in cores")
