@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 from sqlmodel import Column, DateTime, Field as SQLField, SQLModel, Text
 
@@ -61,8 +61,12 @@ NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, patte
 class JobLimits(ApiModel):
     """Lower limits for this job; each at most what its agent type allows (400 otherwise)."""
 
-    # strict: `true` is not a number of megabytes
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True)
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_only(cls, v):
+        if isinstance(v, bool):  # JSON `true` is not a number of megabytes (pydantic would take it as 1)
+            raise ValueError("must be a number")
+        return v
 
     wall_time_s: Optional[float] = Field(None, gt=0, description="wall-clock seconds")
     memory_mb: Optional[int] = Field(None, gt=0, description="RAM in MiB (no swap)")

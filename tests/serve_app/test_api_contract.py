@@ -131,6 +131,10 @@ def test_deleting_a_running_job_stops_its_sandbox(client, jobs):
 
 def test_deleting_a_pending_job_means_it_never_runs(client, jobs):
     blockers = [jobs.submit("System.Threading.Thread.Sleep(4000);").json()["jobId"] for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while any(client.get(f"/jobs/{b}/status").json()["status"] != "RUNNING" for b in blockers):
+        assert time.monotonic() < deadline  # both slots busy before the job that must wait
+        time.sleep(0.05)
     since = str(int(time.time()) - 1)
     job_id = jobs.submit('Console.WriteLine("never");').json()["jobId"]
     assert client.get(f"/jobs/{job_id}/status").json()["status"] == "PENDING"
