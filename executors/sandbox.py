@@ -143,6 +143,11 @@ def remove_container(name: str) -> None:
     _docker("rm", "--force", "--volumes", name)
 
 
+def stop_job_sandbox(job_id: str) -> None:
+    """Kills and removes a job's container (pooled ones carry the job's name once taken)."""
+    remove_container(CONTAINER_PREFIX + job_id)
+
+
 class Sandbox:
     """A started container whose runner waits for its script on stdin. It runs exactly one script;
     started ahead of time it is what the warm pool holds (executors/pool.py)."""

@@ -7,7 +7,7 @@ service marks the job RUNNING), its second is the outcome. Both travel through t
 import ray
 
 from executors.pool import pool_for
-from executors.sandbox import Outcome, SandboxError, SandboxSpec, remove_container, run_sandbox
+from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
 
 
 @ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
@@ -28,6 +28,4 @@ def run_job(spec: SandboxSpec, script: str, pool_size: int = 0):
 @ray.remote(num_cpus=0, max_retries=2)
 def stop_sandbox(job_id: str) -> None:
     """Kills and removes a job's container; scheduled onto the node that runs it."""
-    from executors.sandbox import CONTAINER_PREFIX
-
-    remove_container(CONTAINER_PREFIX + job_id)
+    stop_job_sandbox(job_id)

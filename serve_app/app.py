@@ -36,6 +36,11 @@ app.include_router(jobs.router)
 app.include_router(health.router)
 
 
+def _non_null(prop: dict) -> dict:
+    """The schema of an Optional property's value (its non-null `anyOf` branch)."""
+    return next((a for a in prop.get("anyOf", []) if a.get("type") != "null"), prop)
+
+
 def openapi() -> dict:
     """FastAPI's schema, told the truth: bad input is a 400 with a message (never 422), and the
     agent types are the ones this deployment accepts."""
@@ -62,13 +67,10 @@ def openapi() -> dict:
                 props["agentType"]["enum"] = settings.agent_types
             if "wallTimeS" in props:  # a job's limits: at most the largest agent type's
                 for name in LIMIT_FIELDS:
-                    prop = props[to_camel(name)]
-                    target = next((a for a in prop.get("anyOf", []) if a.get("type") != "null"), prop)
-                    target["maximum"] = max(getattr(limits, name) for limits, _ in profiles)
+                    _non_null(props[to_camel(name)])["maximum"] = max(getattr(limits, name) for limits, _ in profiles)
             if "network" in props and "nugetConfigXml" in props:
                 modes = ["none", "egress"] if any(n == "egress" for _, n in profiles) else ["none"]
-                target = next((a for a in props["network"].get("anyOf", []) if a.get("type") != "null"), props["network"])
-                target["enum"] = modes
+                _non_null(props["network"])["enum"] = modes
     app.openapi_schema = schema
     return schema
 

@@ -12,7 +12,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.agent_types import CATALOGUE
-from executors.sandbox import CONTAINER_PREFIX, Limits, Outcome, SandboxSpec, remove_container
+from executors.sandbox import Limits, Outcome, SandboxSpec, stop_job_sandbox
 from executors.task import run_job, stop_sandbox
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.events import Events
@@ -137,7 +137,7 @@ class Dispatcher:
         if not node_id:
             return
         if node_id == ray.get_runtime_context().get_node_id():  # our own node: no task to schedule
-            threading.Thread(target=remove_container, args=(CONTAINER_PREFIX + str(job_id),), daemon=True).start()
+            threading.Thread(target=stop_job_sandbox, args=(str(job_id),), daemon=True).start()
         else:
             stop_sandbox.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
