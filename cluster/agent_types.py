@@ -6,6 +6,8 @@ its number of sandbox slots; a job's Ray task asks for one unit of it.
 
 from dataclasses import dataclass
 
+from executors.nuget_packages import Target
+
 
 @dataclass(frozen=True)
 class AgentType:
@@ -15,6 +17,9 @@ class AgentType:
     work_dir: str = "/sandbox"  #: the script's clean, size-limited disk (a tmpfs)
     user: str = "10001:10001"  #: non-root uid:gid inside the image
     description: str = ""
+    #: what `#r "nuget: …"` packages must target; the service restores them on the node.
+    #: None: the runner restores them itself from the job's NuGet.Config (dotnet-script)
+    nuget: Target | None = None
 
 
 MONO_6 = AgentType(
@@ -22,6 +27,8 @@ MONO_6 = AgentType(
     image="dotnet-scripts/mono-6",
     command=("mono", "--debug", "-O=-inline", "/opt/csrun/csrun.exe"),
     description="C# 7.2 scripts (.csx semantics) on Debian's Mono 6.8; builds offline",
+    # Mono 6.8 runs .NET Framework 4.8 assemblies; Debian's Mono has no netstandard.dll facade
+    nuget=Target(net=(4, 8), netstandard=None),
 )
 
 DOTNET_7 = AgentType(

@@ -50,6 +50,9 @@ class SandboxSpec:
     network: str = "none"  #: "none", or "egress": the filtered bridge of executors/network.py
     egress_allow: tuple[str, ...] = ()  #: networks reachable in egress mode despite the blocklist
     limits: Limits = field(default_factory=Limits)
+    #: (host path, container path) bound read-only, e.g. the job's restored NuGet packages
+    mounts: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  #: extra environment for the runner (never secrets)
     #: past wall time + this, a container whose task is gone is an orphan for the reaper
     reap_grace_s: float = 60.0
 
@@ -108,6 +111,8 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
         "--ulimit", "core=0:0",
         "--log-driver", "none",
         "--env", "DOTNET_CLI_TELEMETRY_OPTOUT=1",
+        *[a for k, v in spec.env for a in ("--env", f"{k}={v}")],
+        *[a for src, dst in spec.mounts for a in ("--mount", f"type=bind,source={src},target={dst},readonly")],
         "--hostname", "sandbox",
         spec.image,
         *spec.command,

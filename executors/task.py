@@ -4,21 +4,37 @@ It is a streaming generator: its first item says the sandbox is starting on this
 service marks the job RUNNING), its second is the outcome. Both travel through the object store.
 """
 
+from dataclasses import replace
+from datetime import datetime, timezone
+
 import ray
 
+from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
 from executors.pool import pool_for
 from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
 
 
 @ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
-def run_job(spec: SandboxSpec, script: str, pool_size: int = 0):
+def run_job(spec: SandboxSpec, script: str, pool_size: int = 0, nuget: NuGetSpec | None = None):
     # num_cpus=0: the agent-type resource (one unit per sandbox slot) bounds concurrency, not CPUs
     yield {"event": "RUNNING", "node_id": ray.get_runtime_context().get_node_id()}
+    started = datetime.now(timezone.utc)
     try:
-        if pool_size > 0:  # a pre-started sandbox from this node's pool
+        refs = references(script) if nuget is not None else []
+        if refs:  # its packages, restored here and mounted read-only: a sandbox of its own
+            with restore(refs, nuget) as restored:
+                spec = replace(spec, mounts=restored.mounts(), env=restored.env())
+                outcome = run_sandbox(spec, script)
+                if restored.warnings:
+                    outcome = replace(outcome, stderr="\n".join(restored.warnings) + "\n" + outcome.stderr)
+        elif pool_size > 0:  # a pre-started sandbox from this node's pool
             outcome: Outcome = ray.get(pool_for(spec, pool_size).run.remote(spec, script))
         else:
             outcome = run_sandbox(spec, script)
+    except RestoreError as e:  # the script's packages: its own failure, told on its stderr
+        outcome = Outcome(exit_code=1, stdout="", stderr=f"{e}\n", stdout_truncated=False, stderr_truncated=False,
+                          timed_out=False, out_of_memory=False, started_at=started,
+                          finished_at=datetime.now(timezone.utc))
     except SandboxError as e:
         yield {"event": "ERROR", "reason": str(e)}
         return

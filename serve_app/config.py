@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cluster.agent_types import CATALOGUE
+from executors import nuget_config
 from executors.sandbox import Limits
 
 #: the sandbox limits, each also a setting of the same name and an agent-type override key
@@ -57,6 +58,17 @@ class Settings(BaseSettings):
     pool_size: int = Field(2, ge=0, le=64)
     #: agent types the local head offers slots of (empty: all enabled ones)
     local_agent_types: Annotated[list[str], NoDecode] = []
+    #: NuGet.Config XML with the feeds of jobs that give none (empty: such jobs have no feeds)
+    nuget_config_xml: str = ""
+    #: where each node keeps restored packages (bounded by nuget_cache_mb, least recently used go first)
+    nuget_cache_dir: str = "/var/cache/dotnet-scripts/nuget"
+    nuget_cache_mb: int = Field(2048, ge=16, le=1 << 20)
+    #: a .nupkg larger than this is not downloaded
+    nuget_max_package_mb: int = Field(64, ge=1, le=4096)
+    #: a package that expands to more than this is refused (zip bombs)
+    nuget_max_extract_mb: int = Field(256, ge=1, le=16384)
+    #: the whole restore of a job's packages, before its sandbox starts
+    nuget_restore_timeout_s: float = Field(120.0, gt=0, le=3600)
     #: how often each replica looks for stale jobs and expired results
     sweep_interval_s: float = Field(60.0, gt=0, le=86400)
     #: a job PENDING or RUNNING this long without news becomes REJECTED (the original: 5 min)
@@ -105,6 +117,20 @@ class Settings(BaseSettings):
             for key in set(over) & set(LIMIT_FIELDS):
                 if not isinstance(over[key], (int, float)) or over[key] <= 0:
                     raise ValueError(f"agent_overrides[{name}].{key} must be a positive number")
+        return v
+
+    @field_validator("nuget_config_xml")
+    @classmethod
+    def _nuget_config(cls, v: str) -> str:
+        if v:
+            nuget_config.parse(v)  # NuGetConfigError is a ValueError: the service does not start
+        return v
+
+    @field_validator("nuget_cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: str) -> str:
+        if not v.startswith("/") or "," in v:
+            raise ValueError("nuget_cache_dir must be an absolute path without commas")
         return v
 
     @field_validator("sandbox_runtime")

@@ -12,6 +12,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.agent_types import CATALOGUE
+from executors import nuget_config
+from executors.nuget_restore import NuGetSpec
 from executors.sandbox import Limits, Outcome, SandboxSpec, stop_job_sandbox
 from executors.task import run_job, stop_sandbox
 from serve_app.config import LIMIT_FIELDS, Settings
@@ -50,6 +52,18 @@ def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str, config:
     return SandboxSpec(job_id=str(job_id), image=t.image, command=t.command, runtime=settings.sandbox_runtime,
                        user=t.user, work_dir=t.work_dir, network=network,
                        egress_allow=tuple(settings.egress_allow), limits=limits)
+
+
+def nuget_spec(settings: Settings, agent_type: str, config: JobConfig | None) -> NuGetSpec | None:
+    """What the job's `#r "nuget: …"` restore may use; None where the runner restores itself."""
+    target = CATALOGUE[agent_type].nuget
+    if target is None:
+        return None
+    xml = config.nuget_config_xml if config and config.nuget_config_xml else settings.nuget_config_xml
+    return NuGetSpec(sources=tuple(nuget_config.parse(xml)) if xml else (), target=target,
+                     cache_dir=settings.nuget_cache_dir, cache_mb=settings.nuget_cache_mb,
+                     max_package_mb=settings.nuget_max_package_mb, max_extract_mb=settings.nuget_max_extract_mb,
+                     timeout_s=settings.nuget_restore_timeout_s, allow=tuple(settings.egress_allow))
 
 
 def result_from_outcome(o: Outcome) -> JobResult:
@@ -91,7 +105,8 @@ class Dispatcher:
         # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
         custom = config is not None and (config.limits is not None or config.network is not None)
         pool_size = 0 if custom else self.settings.pool_size
-        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script, pool_size)
+        nuget = nuget_spec(self.settings, agent_type, config)
+        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script, pool_size, nuget)
         self.loop = asyncio.get_running_loop()
         task = self.loop.create_task(self._follow(job_id, gen))
         self.running[job_id] = (task, gen)

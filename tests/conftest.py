@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.nuget_feed import build_packages, serve
 from tests.services import api_service, postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,13 +75,29 @@ def pytest_generate_tests(metafunc):
 def service(database_url, tmp_path_factory):
     """The whole service, started as the README starts it, on a free port."""
     env = dict(DATABASE_URL=database_url, LOCAL_SLOTS="2", WALL_TIME_S=str(WALL_TIME_S),
-               MEMORY_MB=str(MEMORY_MB), OUTPUT_BYTES="65536")
+               MEMORY_MB=str(MEMORY_MB), OUTPUT_BYTES="65536",
+               # the test NuGet feed listens on loopback: allowed here as an operator would allow an internal feed
+               EGRESS_ALLOW="127.0.0.1/32", NUGET_CACHE_DIR=str(tmp_path_factory.mktemp("nuget-cache")),
+               NUGET_MAX_EXTRACT_MB="16")
     with api_service(tmp_path_factory.mktemp("service"), **env) as svc:
         yield svc
     left = sandbox_containers()
     if left:
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
         pytest.fail(f"{len(left)} sandbox containers were left behind")
+
+
+@pytest.fixture(scope="session")
+def nuget_packages(tmp_path_factory) -> dict[tuple[str, str], bytes]:
+    """The test packages, compiled with the sandbox image's mcs and packed (id, version → .nupkg)."""
+    return build_packages(tmp_path_factory.mktemp("nupkg-src"))
+
+
+@pytest.fixture(scope="session")
+def nuget_feed(nuget_packages):
+    """A real NuGet feed (v3, v2, private v3) on loopback holding the test packages."""
+    with serve(nuget_packages) as feed:
+        yield feed
 
 
 @pytest.fixture(scope="session")
@@ -96,13 +113,12 @@ class Jobs:
         self.client = client
         self.n = 0
 
-    def submit(self, script: str, agent_type: str = MONO, request_id: str | None = None) -> httpx.Response:
+    def submit(self, script: str, agent_type: str = MONO, request_id: str | None = None,
+               job_config: dict | None = None) -> httpx.Response:
         self.n += 1
         rid = request_id or f"req-{os.getpid()}-{time.time_ns()}-{self.n}"[:36]
-        return self.client.post("/jobs", json={
-            "requestId": rid, "senderId": "tests",
-            "payload": {"script": script, "agentType": agent_type},
-        })
+        payload = {"script": script, "agentType": agent_type, **({"jobConfig": job_config} if job_config else {})}
+        return self.client.post("/jobs", json={"requestId": rid, "senderId": "tests", "payload": payload})
 
     def wait(self, job_id: str, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
@@ -113,8 +129,8 @@ class Jobs:
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
 
-    def run(self, script: str, timeout: float = 60) -> dict:
-        r = self.submit(script)
+    def run(self, script: str, timeout: float = 60, job_config: dict | None = None) -> dict:
+        r = self.submit(script, job_config=job_config)
         assert r.status_code == 201, r.text
         return self.wait(r.json()["jobId"], timeout)
 

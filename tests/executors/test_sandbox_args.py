@@ -67,3 +67,14 @@ def test_egress_mode_joins_the_filtered_bridge_with_gvisor_on_the_containers_net
     assert option(args, "--runtime") == ["runsc-host-net"]
     dev = SandboxSpec(job_id="x", image="i", command=("c",), network="egress", runtime="runc")
     assert option(docker_run_args(dev), "--runtime") == ["runc"]
+
+
+def test_packages_are_mounted_read_only_and_listed_for_the_runner():
+    spec = SandboxSpec(job_id="x", image="i", command=("c",),
+                       mounts=(("/cache/a/1.0.0/x/lib/net45", "/nuget/a/1.0.0"),),
+                       env=(("CSRUN_REFERENCES", "/nuget/a/1.0.0/A.dll"),))
+    args = docker_run_args(spec)
+    assert option(args, "--mount") == ["type=bind,source=/cache/a/1.0.0/x/lib/net45,target=/nuget/a/1.0.0,readonly"]
+    assert "CSRUN_REFERENCES=/nuget/a/1.0.0/A.dll" in option(args, "--env")
+    assert args[-2:] == ["i", "c"]
+    assert option(docker_run_args(SPEC), "--mount") == []  # nothing of the host without packages

@@ -96,10 +96,14 @@ def test_statements_with_blocks_and_tricky_literals():
     assert o.stdout == 'a "quoted" {brace\nx\nyes {literal}\n3\nthree\n9\n'
 
 
-@pytest.mark.parametrize("directive", ['#r "nuget: Newtonsoft.Json, 13.0.1"', '#load "other.csx"'])
-def test_reserved_directives_fail_clearly(directive):
+@pytest.mark.parametrize("directive, message", [
+    ('#r "nuget: Newtonsoft.Json, 13.0.1"', "CSX0002: packages are restored by the service; none were restored"),
+    ('#r "System.Web.dll"', "CSX0001: '#r' is not supported on this agent type; use #r \"nuget: Id, Version\""),
+    ('#load "other.csx"', "CSX0001: '#load' is not supported"),
+])
+def test_directives_without_a_restore_fail_clearly(directive, message):
     o = run(directive + '\nWriteLine("x");')
-    assert o.exit_code == 1 and "not supported" in o.stderr and o.stdout == ""
+    assert o.exit_code == 1 and message in o.stderr and o.stdout == ""
 
 
 def test_unicode_output():

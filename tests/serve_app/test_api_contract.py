@@ -186,18 +186,22 @@ def test_logs_never_contain_script_text_or_output(service, jobs):
     assert marker not in log
 
 
-def readme_curl_commands() -> list[str]:
-    """The curl commands of the README's "Try it" section, as a reader would paste them."""
+def readme_curl_commands(heading: str = "## Try it") -> list[str]:
+    """The commands of a README section's first sh block, as a reader would paste them (a
+    `NAME=value` line is kept in front of each command that follows it)."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Try it"):]
+    section = text[text.index(heading):]
     block = section[section.index("```sh") + 5:]
     block = block[:block.index("```")]
     commands: list[str] = []
+    assignments = ""
     for line in block.splitlines():
         if line.startswith("#") or not line.strip():
             continue
-        if line.startswith("curl"):
-            commands.append(line)
+        if re.match(r"^[A-Z_]+=", line):
+            assignments += line + "\n"
+        elif line.startswith("curl"):
+            commands.append(assignments + line)
         else:
             commands[-1] += "\n" + line
     return commands
@@ -218,6 +222,21 @@ def test_readme_curl_examples_run_as_written(service, jobs):
     job = json.loads(sh(get.replace("JOB_ID", created["jobId"])))
     assert job["status"] == "FINISHED"
     assert job["result"]["finishedWith"] == "SUCCEEDED" and job["result"]["stdout"] == "Hello\n"
+
+
+def test_readme_package_example_runs_as_written(service, nuget_feed):
+    post, get = readme_curl_commands("## Packages")
+    host = service.url.removeprefix("http://")
+
+    def sh(cmd: str) -> str:
+        cmd = re.sub(r"^FEED=\S+", f"FEED={nuget_feed.v3()}", cmd.replace("localhost:8080", host))
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True, timeout=60).stdout
+
+    created = json.loads(sh(post))
+    result = json.loads(sh(get.replace("JOB_ID", created["jobId"])))["result"]
+    assert result["finishedWith"] == "SUCCEEDED", result
+    assert result["stdout"] == '{"answer":42}\n'
+    assert nuget_feed.downloads["Newtonsoft.Json/13.0.1"] >= 1
 
 
 @pytest.mark.parametrize("field, value", [("requestId", "a\u0000b"), ("senderId", "\ud800x"),

@@ -7,6 +7,9 @@
 // point into the script, compiles it with mcs in-process and runs it in-process.
 //
 // Contract: the script arrives on stdin (never on a command line); stdin is empty for the script.
+// Packages: `#r "nuget: Id, Version"` lines are restored by the service before the sandbox
+// starts; it mounts them read-only and lists their assemblies in CSRUN_REFERENCES (':'-separated),
+// which csrun references when compiling and loads when the script needs them.
 // Exit code: the script's `return N;`, Environment.Exit(n) or Environment.ExitCode; 1 for a compile
 // error or an uncaught exception. Compiler errors and warnings go to stderr.
 // Written for C# 7.2 (what Mono 6.8's mcs accepts), without local functions.
@@ -23,6 +26,16 @@ public static class CsRun
     const string ClassName = "Submission__Script";
     const string EntryName = "Submission__Main";
     static string buildDirectory = "";
+    // null: nobody restored packages for this run (then `#r "nuget: …"` is an error)
+    static readonly string[] PackageReferences = ParseReferences(Environment.GetEnvironmentVariable("CSRUN_REFERENCES"));
+
+    static string[] ParseReferences(string value)
+    {
+        if (value == null) return null;
+        var list = new List<string>();
+        foreach (var p in value.Split(':')) if (p.Length > 0) list.Add(p);
+        return list.ToArray();
+    }
 
     static readonly string[] DefaultUsings = {
         "System", "System.IO", "System.Collections.Generic", "System.Diagnostics", "System.Dynamic",
@@ -73,6 +86,7 @@ public static class CsRun
         };
         string framework = Path.GetDirectoryName(typeof(object).Assembly.Location);
         foreach (var r in References) if (File.Exists(Path.Combine(framework, r))) argv.Add("-r:" + r);
+        if (PackageReferences != null) foreach (var r in PackageReferences) argv.Add("-r:" + r);
         argv.Add(csPath);
 
         // mcs.exe's Main ends with Environment.Exit, so drive its compiler directly (in-process:
@@ -101,6 +115,8 @@ public static class CsRun
 
     static int Execute(string exe, bool isAsync)
     {
+        if (PackageReferences != null)
+            AppDomain.CurrentDomain.AssemblyResolve += ResolvePackageAssembly;
         var assembly = Assembly.LoadFile(exe);
         var entry = assembly.GetType(ClassName).GetMethod(EntryName, BindingFlags.Public | BindingFlags.Static);
         int code;
@@ -114,6 +130,16 @@ public static class CsRun
         Console.Out.Flush();
         Console.Error.Flush();
         return code;
+    }
+
+    // the script's assembly is loaded from its build folder: its packages are found by simple name
+    static Assembly ResolvePackageAssembly(object sender, ResolveEventArgs args)
+    {
+        string name = new AssemblyName(args.Name).Name;
+        foreach (var path in PackageReferences)
+            if (string.Equals(Path.GetFileNameWithoutExtension(path), name, StringComparison.OrdinalIgnoreCase))
+                return Assembly.LoadFrom(path);
+        return null;
     }
 
     static int Crash(Exception e)
@@ -229,10 +255,20 @@ public static class CsRun
         {
             string t = lines[i].TrimStart();
             if (t.StartsWith("#!")) { lines[i] = ""; continue; } // a shebang line
-            if (t.StartsWith("#r ") || t.StartsWith("#r\"") || t.StartsWith("#load ") || t.StartsWith("#load\""))
+            bool reference = t.StartsWith("#r ") || t.StartsWith("#r\"");
+            if (reference && t.Substring(2).TrimStart().StartsWith("\"nuget:", StringComparison.OrdinalIgnoreCase))
+            {
+                if (PackageReferences == null)
+                    throw new ScriptError(string.Format(
+                        "{0}({1},1): error CSX0002: packages are restored by the service; none were restored for this run",
+                        ScriptName, i + 1));
+                lines[i] = "";
+                continue;
+            }
+            if (reference || t.StartsWith("#load ") || t.StartsWith("#load\""))
                 throw new ScriptError(string.Format(
-                    "{0}({1},1): error CSX0001: '{2}' is not supported on this agent type yet",
-                    ScriptName, i + 1, t.StartsWith("#r") ? "#r" : "#load"));
+                    "{0}({1},1): error CSX0001: '{2}' is not supported on this agent type; use #r \"nuget: Id, Version\"",
+                    ScriptName, i + 1, reference ? "#r" : "#load"));
         }
         return string.Join("\n", lines);
     }
