@@ -20,6 +20,8 @@ class AgentType:
     #: what `#r "nuget: …"` packages must target; the service restores them on the node.
     #: None: the runner restores them itself from the job's NuGet.Config (dotnet-script)
     nuget: Target | None = None
+    #: the runner reads a length-prefixed NuGet.Config ahead of the script on stdin (dotnet-7's run.sh)
+    config_on_stdin: bool = False
 
 
 MONO_6 = AgentType(
@@ -35,6 +37,7 @@ DOTNET_7 = AgentType(
     name="linux-amd64-dotnet-7",
     image="dotnet-scripts/dotnet-7",
     command=("/opt/csrun/run.sh",),
+    config_on_stdin=True,
     description="dotnet-script on the .NET 7 SDK; its image needs a container registry to build",
 )
 

@@ -28,8 +28,16 @@ MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper
 
 
 def template(spec: SandboxSpec) -> SandboxSpec:
-    """The spec of a pooled sandbox for jobs like `spec`: same everything but the job."""
-    return replace(spec, job_id="pool-template", reap_grace_s=MAX_IDLE_S + 300)
+    """The spec of a pooled sandbox for jobs like `spec`: same everything but the job, and its
+    runner warms its compiler up while it waits (CSRUN_WARMUP)."""
+    return replace(spec, job_id="pool-template", reap_grace_s=MAX_IDLE_S + 300,
+                   env=(*spec.env, ("CSRUN_WARMUP", "1")))
+
+
+def node_slots(agent_type: str) -> int:
+    """How many sandboxes of an agent type this node runs at once (its Ray resource)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return next((int(n["Resources"].get(agent_type, 0)) for n in ray.nodes() if n["NodeID"] == node_id), 0)
 
 
 def pool_name(node_id: str, spec: SandboxSpec) -> str:
@@ -39,8 +47,9 @@ def pool_name(node_id: str, spec: SandboxSpec) -> str:
 
 @ray.remote(num_cpus=0, max_concurrency=64)
 class SandboxPool:
-    def __init__(self, spec: SandboxSpec, size: int):
-        self.template, self.size = template(spec), size
+    def __init__(self, spec: SandboxSpec, size: int, agent_type: str = ""):
+        # size < 0: one pre-started sandbox per slot of the agent type on this node
+        self.template, self.size = template(spec), size if size >= 0 else node_slots(agent_type)
         self.idle: deque[Sandbox] = deque()
         self.starting = 0
         self.lock = threading.Lock()
@@ -87,15 +96,18 @@ class SandboxPool:
         threading.Thread(target=remove_container, args=(spec.name,), daemon=True).start()
         return outcome
 
+    def capacity(self) -> int:
+        return self.size
+
     def idle_count(self) -> int:
         with self.lock:
             return len(self.idle)
 
 
-def pool_for(spec: SandboxSpec, size: int):
+def pool_for(spec: SandboxSpec, size: int, agent_type: str = ""):
     """This node's pool for sandboxes like `spec` (created on first use, shared by the node's tasks)."""
     node_id = ray.get_runtime_context().get_node_id()
     return SandboxPool.options(
         name=pool_name(node_id, spec), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(spec, size)
+    ).remote(spec, size, agent_type)

@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 case "$flavour" in
   mono-6) ;;
   dotnet-7)
-    echo "dotnet-7 needs a container registry: docker build -t dotnet-scripts/dotnet-7 $here/dotnet-7" >&2
+    echo "dotnet-7 needs a container registry: docker build --build-arg SDK_IMAGE=<registry>/dotnet/sdk:7.0 -t dotnet-scripts/dotnet-7 $here/dotnet-7" >&2
     exit 2 ;;
   *) echo "unknown image flavour: $flavour" >&2; exit 2 ;;
 esac

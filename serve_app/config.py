@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     agent_overrides: dict[str, dict[str, Any]] = {}
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
-    #: pre-started sandboxes per node and sandbox profile (0: every job starts its container cold)
-    pool_size: int = Field(2, ge=0, le=64)
+    #: pre-started sandboxes per node and sandbox profile: -1 as many as the node has slots of the
+    #: agent type, 0 none (every job starts its container cold)
+    pool_size: int = Field(-1, ge=-1, le=64)
     #: agent types the local head offers slots of (empty: all enabled ones)
     local_agent_types: Annotated[list[str], NoDecode] = []
     #: NuGet.Config XML with the feeds of jobs that give none (empty: such jobs have no feeds)

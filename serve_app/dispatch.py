@@ -66,6 +66,15 @@ def nuget_spec(settings: Settings, agent_type: str, config: JobConfig | None) ->
                      timeout_s=settings.nuget_restore_timeout_s, allow=tuple(settings.egress_allow))
 
 
+def runner_input(agent_type: str, script: str, config: JobConfig | None) -> str:
+    """What the agent type's runner reads on stdin: the script, preceded by the job's NuGet.Config
+    for runners that restore packages themselves."""
+    if not CATALOGUE[agent_type].config_on_stdin:
+        return script
+    xml = config.nuget_config_xml if config and config.nuget_config_xml else ""
+    return f"{len(xml.encode())}\n{xml}{script}"
+
+
 def result_from_outcome(o: Outcome) -> JobResult:
     """How a run ended, in the API's terms: the time limit wins, then exit code 0 means success."""
     if o.timed_out:
@@ -106,7 +115,8 @@ class Dispatcher:
         custom = config is not None and (config.limits is not None or config.network is not None)
         pool_size = 0 if custom else self.settings.pool_size
         nuget = nuget_spec(self.settings, agent_type, config)
-        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(spec, script, pool_size, nuget)
+        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(
+            spec, runner_input(agent_type, script, config), pool_size, nuget, agent_type)
         self.loop = asyncio.get_running_loop()
         task = self.loop.create_task(self._follow(job_id, gen))
         self.running[job_id] = (task, gen)

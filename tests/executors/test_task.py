@@ -9,6 +9,7 @@ import pytest
 import ray
 
 from cluster.agent_types import MONO_6
+from executors.pool import NAMESPACE, pool_name
 from executors.reaper import reap
 from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec
 from executors.task import run_job
@@ -48,3 +49,31 @@ def test_the_sandbox_of_a_killed_task_is_reaped(local_ray):
     assert s.name in reap()
     assert s.name not in names()
     assert all(not n.startswith(CONTAINER_PREFIX + "task-") for n in names())
+
+
+def pooled_containers() -> set[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--filter", "name=dotnet-scripts-job-pool-", "--format", "{{.Names}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_the_pool_holds_one_warm_sandbox_per_slot_of_the_node(local_ray):
+    before = pooled_containers()
+    s = spec()
+    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("pooled");', -1, None, MONO_6.name)
+    assert ray.get(list(gen)[-1])["outcome"].stdout == "pooled\n"
+    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s), namespace=NAMESPACE)
+    try:
+        assert ray.get(pool.capacity.remote()) == 2  # the node offers 2 slots of the agent type
+        deadline = time.monotonic() + 60
+        while ray.get(pool.idle_count.remote()) < 2:
+            assert time.monotonic() < deadline, "the pool did not fill"
+            time.sleep(0.5)
+        env = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Env}}", *(pooled_containers() - before)],
+                             capture_output=True, text=True, check=True).stdout
+        assert env.count("CSRUN_WARMUP=1") == 2  # their runners warm the compiler up while waiting
+    finally:
+        ray.kill(pool)
+        left = pooled_containers() - before
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True)

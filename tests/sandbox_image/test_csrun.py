@@ -8,10 +8,23 @@ from cluster.agent_types import MONO_6
 from executors.sandbox import Limits, SandboxSpec, run_sandbox
 
 
-def run(script: str, **limits):
+def run(script: str, env: tuple = (), **limits):
     spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
-                       limits=Limits(wall_time_s=30, **limits))
+                       limits=Limits(wall_time_s=30, **limits), env=env)
     return run_sandbox(spec, script)
+
+
+@pytest.mark.parametrize("script", [
+    'int x = "no";\nWriteLine(1);',  # a compile error, with the script's line
+    "#pragma warning disable 168\nint unused;\nvar a = 1; if (a == 1) { int b; }\nWriteLine(a);",  # warnings
+    'using System.Text.RegularExpressions;\nvar xs = new[] { 2, 1 }.OrderBy(x => x);\nawait Task.Delay(1);\n'
+    'WriteLine(string.Join(",", xs) + Regex.IsMatch("a", "a"));\nthrow new InvalidOperationException("boom");',
+    "class Point { public int X; }\nstatic int Twice(int n) { return n * 2; }\nreturn Twice(new Point { X = 21 }.X);",
+])
+def test_a_warmed_up_runner_behaves_exactly_like_a_cold_one(script):
+    # pooled sandboxes compile a small program before their job (CSRUN_WARMUP): no trace may remain
+    cold, warm = run(script), run(script, env=(("CSRUN_WARMUP", "1"),))
+    assert (warm.exit_code, warm.stdout, warm.stderr) == (cold.exit_code, cold.stdout, cold.stderr)
 
 
 def test_top_level_methods_fields_types_extension_methods_and_usings():

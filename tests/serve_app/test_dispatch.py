@@ -6,7 +6,7 @@ import pytest
 
 from executors.sandbox import Outcome
 from serve_app.config import Settings
-from serve_app.dispatch import agent_profile, job_profile, result_from_outcome, sandbox_spec
+from serve_app.dispatch import agent_profile, job_profile, nuget_spec, result_from_outcome, runner_input, sandbox_spec
 from serve_app.models import FinishedWith, JobConfig
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -88,3 +88,21 @@ def test_a_job_may_drop_the_network_but_not_add_one():
     assert job_profile(egress, "linux-amd64-mono-6", None)[1] == "egress"
     with pytest.raises(ValueError, match="no network"):
         job_profile(settings(), "linux-amd64-mono-6", JobConfig(network="egress"))
+
+
+def test_runner_input_puts_the_nuget_config_ahead_of_the_script_only_for_runners_that_read_it():
+    config = JobConfig(nuget_config_xml="<configuration>é</configuration>")
+    assert runner_input("linux-amd64-mono-6", "S", config) == "S"
+    assert runner_input("linux-amd64-dotnet-7", "S", config) == "33\n<configuration>é</configuration>S"
+    assert runner_input("linux-amd64-dotnet-7", "S", None) == "0\nS"
+
+
+def test_nuget_spec_takes_the_jobs_feeds_or_the_operators():
+    operator = '<configuration><packageSources><add key="ops" value="https://feed.example/v3/index.json"/></packageSources></configuration>'
+    settings = Settings(nuget_config_xml=operator, egress_allow="10.1.0.0/16", nuget_cache_mb=100)
+    spec = nuget_spec(settings, "linux-amd64-mono-6", None)
+    assert [s.key for s in spec.sources] == ["ops"] and spec.allow == ("10.1.0.0/16",) and spec.cache_mb == 100
+    own = JobConfig(nuget_config_xml=operator.replace('"ops"', '"mine"'))
+    assert [s.key for s in nuget_spec(settings, "linux-amd64-mono-6", own).sources] == ["mine"]
+    assert nuget_spec(Settings(), "linux-amd64-mono-6", None).sources == ()
+    assert nuget_spec(settings, "linux-amd64-dotnet-7", own) is None  # dotnet-script restores itself

@@ -52,6 +52,7 @@ public static class CsRun
         string mode = args.Length > 0 ? args[0] : "run";
         string buildDir = Environment.GetEnvironmentVariable("CSRUN_BUILD_DIR");
         if (string.IsNullOrEmpty(buildDir)) buildDir = Path.Combine(Path.GetTempPath(), "csrun-build");
+        if (Environment.GetEnvironmentVariable("CSRUN_WARMUP") == "1") WarmUp(buildDir);
         string source = ReadAllStdin();
         Console.SetIn(TextReader.Null);
 
@@ -66,6 +67,33 @@ public static class CsRun
         if (!Compile(program.Text, Path.Combine(buildDir, "script.cs"), exe)) return 1;
         if (mode == "compile") return 0;
         return Execute(exe, program.IsAsync);
+    }
+
+    // A pre-started sandbox waits for its script anyway: compiling a small program first JIT-compiles
+    // the compiler and loads the framework's metadata, so the job's own compile starts warm.
+    // Nothing of it is kept but the warm code; its files are deleted. It compiles in the job's own
+    // build folder because mcs remembers the folder that `#line` file names are relative to.
+    static void WarmUp(string dir)
+    {
+        var stderr = Console.Error;
+        try
+        {
+            Directory.CreateDirectory(dir);
+            var program = Transform(
+                "using System.Text.RegularExpressions;\n" +
+                "var xs = new List<int> { 1, 2, 3 }.Where(x => x > 1).Select(x => $\"{x:D2}\").ToArray();\n" +
+                "var d = new Dictionary<string, int>(); foreach (var x in xs) d[x] = x.Length;\n" +
+                "await Task.Delay(0);\nConsole.WriteLine(string.Join(\",\", xs) + Regex.IsMatch(\"a\", \"a\"));\n" +
+                "static int Twice(int n) { return n * 2; }\nclass Point { public int X { get; set; } }\n");
+            Console.SetError(TextWriter.Null);
+            Compile(program.Text, Path.Combine(dir, "script.cs"), Path.Combine(dir, "script.dll"));
+        }
+        catch (Exception) { } // only an optimisation
+        finally
+        {
+            Console.SetError(stderr);
+            try { foreach (var f in Directory.GetFiles(dir)) File.Delete(f); } catch (Exception) { }
+        }
     }
 
     static string ReadAllStdin()
