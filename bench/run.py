@@ -13,6 +13,7 @@ Every latency is also given as a ratio to the floor measured in the same run.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cluster.agent_types import MONO_6  # noqa: E402
+from tests.nuget_feed import build_packages, serve as serve_feed  # noqa: E402
 from tests.services import api_service  # noqa: E402
 
 SCRIPTS = {
@@ -38,7 +41,28 @@ SCRIPTS = {
     "cpu-1s": ("long n = 0; for (long i = 2; n < 200000; i++) { bool p = true;"
                " for (long d = 2; d * d <= i; d++) if (i % d == 0) { p = false; break; } if (p) n++; }"
                " Console.WriteLine(n);"),
+    # a package and its dependency from a NuGet feed (tests/nuget_feed.py), cached after the first job
+    "nuget": '#r "nuget: Acme.Greeter, 1.0.0"\nConsole.WriteLine(Acme.Greeter.Hello("bench"));',
 }
+#: the packages the nuget script's restore resolves, as the sandbox sees them
+NUGET_DLLS = {"/nuget/acme.greeter/1.0.0": ("Acme.Greeter", "1.0.0"), "/nuget/acme.formatting/1.0.0": ("Acme.Formatting", "1.0.0")}
+
+
+def unique(script: str) -> str:
+    """The same script, never seen before (nothing can have been cached for it)."""
+    return f"// {uuid.uuid4()}\n{script}"
+
+
+def extract_packages(packages: dict, into: Path) -> dict[str, str]:
+    """The nuget script's assemblies on the host, for the floor and `docker run`: sandbox path → host dir."""
+    dirs = {}
+    for mount, (pid, ver) in NUGET_DLLS.items():
+        d = into / pid
+        d.mkdir(parents=True)
+        with zipfile.ZipFile(io.BytesIO(packages[(pid, ver)])) as z:
+            (d / f"{pid}.dll").write_bytes(z.read(f"lib/net45/{pid}.dll"))
+        dirs[mount] = str(d)
+    return dirs
 
 
 def pss_kib(root_pid: int) -> int:
@@ -96,10 +120,11 @@ def timed(cmd: list[str], script: str, env: dict | None = None) -> float:
     return took
 
 
-def run_service_job(client: httpx.Client, script: str) -> float:
+def run_service_job(client: httpx.Client, script: str, job_config: dict | None = None) -> float:
     start = time.perf_counter()
+    payload = {"script": script, "agentType": MONO_6.name, **({"jobConfig": job_config} if job_config else {})}
     job_id = client.post("/jobs", json={"requestId": str(uuid.uuid4()), "senderId": "bench",
-                                        "payload": {"script": script, "agentType": MONO_6.name}}).json()["jobId"]
+                                        "payload": payload}).json()["jobId"]
     while True:  # long-poll: the answer comes the moment the job ends
         result = client.get(f"/jobs/{job_id}/result", params={"wait": 60}).json()["result"]
         if result is not None:
@@ -119,22 +144,42 @@ def main() -> None:
 
     host_cmd = floor_runner()
     host_env = {**os.environ, "MONO_PATH": "/usr/lib/mono/4.5"}
-    docker_cmd = ["docker", "run", "--rm", "-i", "--runtime=runsc", "--network=none", MONO_6.image, *MONO_6.command]
-    with tempfile.TemporaryDirectory() as tmp, api_service(Path(tmp), LOCAL_SLOTS=str(a.slots),
-                                                          DATABASE_URL=f"sqlite:///{tmp}/bench.db") as svc:
+    docker_cmd = ["docker", "run", "--rm", "-i", "--runtime=runsc", "--network=none"]
+    with tempfile.TemporaryDirectory() as tmp, serve_feed(build_packages(Path(tmp) / "src")) as feed, \
+            api_service(Path(tmp), LOCAL_SLOTS=str(a.slots), DATABASE_URL=f"sqlite:///{tmp}/bench.db",
+                        EGRESS_ALLOW="127.0.0.1/32", NUGET_CACHE_DIR=f"{tmp}/nuget") as svc:
         client = httpx.Client(base_url=svc.url, timeout=120)
         service_pid = _service_pid(svc.url)
         time.sleep(3)
         results["memory_mib"]["idle"] = round(pss_kib(service_pid) / 1024)
+        dlls = extract_packages(feed.packages_by_id(), Path(tmp) / "dlls")
+        refs = ":".join(f"{m}/{pid}.dll" for m, (pid, _) in NUGET_DLLS.items())
         for name, script in SCRIPTS.items():
-            timed(host_cmd, script, host_env)  # warm the page cache
-            run_service_job(client, script)
+            host, env, docker, config = host_cmd, host_env, [*docker_cmd, MONO_6.image, *MONO_6.command], None
+            if name == "nuget":  # the same assemblies: on the host from their folders, in docker mounted
+                env = {**host_env, "CSRUN_REFERENCES": ":".join(f"{dlls[m]}/{pid}.dll" for m, (pid, _) in NUGET_DLLS.items())}
+                docker = [*docker_cmd, "-e", f"CSRUN_REFERENCES={refs}",
+                          *[a for m, d in dlls.items() for a in ("-v", f"{d}:{m}:ro")], MONO_6.image, *MONO_6.command]
+                config = {"nugetConfigXml": feed.config()}
+            timed(host, script, env)  # warm the page cache
+            run_service_job(client, script, config)  # and the package cache
             lat = {
-                "floor": summary([timed(host_cmd, script, host_env) for _ in range(a.runs)]),
-                "docker run": summary([timed(docker_cmd, script) for _ in range(a.runs)]),
-                "service": summary([run_service_job(client, script) for _ in range(a.runs)]),
+                "floor": summary([timed(host, script, env) for _ in range(a.runs)]),
+                "docker run": summary([timed(docker, script) for _ in range(a.runs)]),
+                "service": summary([run_service_job(client, script, config) for _ in range(a.runs)]),
             }
             results["latency_s"][name] = lat
+        # scripts never seen before: nothing can be cached for them
+        results["latency_s"]["hello-new"] = {
+            "floor": summary([timed(host_cmd, unique(SCRIPTS["hello"]), host_env) for _ in range(a.runs)]),
+            "service": summary([run_service_job(client, unique(SCRIPTS["hello"])) for _ in range(a.runs)]),
+        }
+        # the same, arriving 4 s apart as a user at a prompt would: each finds a refilled, warm pool
+        idle = []
+        for _ in range(a.runs):
+            time.sleep(4)
+            idle.append(run_service_job(client, unique(SCRIPTS["hello"])))
+        results["latency_s"]["hello-new"]["service, 4 s apart"] = summary(idle)
 
         # throughput: the floor runs the same number of scripts, `slots` at a time, on the host
         start = time.perf_counter()
@@ -185,18 +230,17 @@ def _service_pid(url: str) -> int:
 
 def print_table(r: dict) -> None:
     print(f"\nlatency (s), {r['runs']} runs each; ratio = p50 / floor p50")
-    print(f"{'script':<8} {'path':<11} {'p50':>7} {'p95':>7} {'max':>7} {'ratio':>7}")
+    print(f"{'script':<10} {'path':<19} {'p50':>7} {'p95':>7} {'max':>7} {'ratio':>7}")
     for name, paths in r["latency_s"].items():
         floor = paths["floor"]["p50"]
         for path, s in paths.items():
-            print(f"{name:<8} {path:<11} {s['p50']:7.3f} {s['p95']:7.3f} {s['max']:7.3f} {s['p50'] / floor:7.2f}")
+            print(f"{name:<10} {path:<19} {s['p50']:7.3f} {s['p95']:7.3f} {s['max']:7.3f} {s['p50'] / floor:7.2f}")
     t = r["throughput"]
     print(f"\nthroughput, {r['jobs']} hello-world jobs at once, {r['slots']} slots: "
           f"service {t['service_jobs_per_s']} jobs/s, floor {t['floor_jobs_per_s']} jobs/s "
           f"(ratio {t['ratio_to_floor']}), finished {t['finished']}, lost {t['lost']}")
     m = r["memory_mib"]
     print(f"memory (PSS of the service's process tree): idle {m['idle']} MiB, under load {m['under_load_peak']} MiB")
-    print("script with a cached NuGet reference: not measured (NuGet restore is issue 5)")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ from datetime import datetime, timezone
 import ray
 
 from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
-from executors.pool import pool_for
+from executors.pool import PoolSpec, pool_for
 from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
 
 
 @ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
-def run_job(spec: SandboxSpec, script: str, pool_size: int = 0, nuget: NuGetSpec | None = None,
-            agent_type: str = ""):
+def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget: NuGetSpec | None = None):
     # num_cpus=0: the agent-type resource (one unit per sandbox slot) bounds concurrency, not CPUs
     yield {"event": "RUNNING", "node_id": ray.get_runtime_context().get_node_id()}
     started = datetime.now(timezone.utc)
@@ -28,8 +27,8 @@ def run_job(spec: SandboxSpec, script: str, pool_size: int = 0, nuget: NuGetSpec
                 outcome = run_sandbox(spec, script)
                 if restored.warnings:
                     outcome = replace(outcome, stderr="\n".join(restored.warnings) + "\n" + outcome.stderr)
-        elif pool_size != 0:  # a pre-started sandbox from this node's pool
-            outcome: Outcome = ray.get(pool_for(spec, pool_size, agent_type).run.remote(spec, script))
+        elif pool is not None and pool.size != 0:  # a pre-started sandbox from this node's pool
+            outcome: Outcome = ray.get(pool_for(spec, pool).run.remote(spec, script))
         else:
             outcome = run_sandbox(spec, script)
     except RestoreError as e:  # the script's packages: its own failure, told on its stderr

@@ -14,6 +14,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.agent_types import CATALOGUE
 from executors import nuget_config
 from executors.nuget_restore import NuGetSpec
+from executors.pool import PoolSpec
 from executors.sandbox import Limits, Outcome, SandboxSpec, stop_job_sandbox
 from executors.task import run_job, stop_sandbox
 from serve_app.config import LIMIT_FIELDS, Settings
@@ -113,10 +114,10 @@ class Dispatcher:
         spec = sandbox_spec(self.settings, job_id, agent_type, config)
         # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
         custom = config is not None and (config.limits is not None or config.network is not None)
-        pool_size = 0 if custom else self.settings.pool_size
+        pool = None if custom else PoolSpec(agent_type, self.settings.pool_size, self.settings.pool_warmup)
         nuget = nuget_spec(self.settings, agent_type, config)
         gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(
-            spec, runner_input(agent_type, script, config), pool_size, nuget, agent_type)
+            spec, runner_input(agent_type, script, config), pool, nuget)
         self.loop = asyncio.get_running_loop()
         task = self.loop.create_task(self._follow(job_id, gen))
         self.running[job_id] = (task, gen)

@@ -110,6 +110,9 @@ class Feed:
         self.requests: list[str] = []
         self.url = ""
 
+    def packages_by_id(self) -> dict[tuple[str, str], bytes]:
+        return {(pid, ver): data for pid, ver, data in self.packages.values()}
+
     def versions(self, package_id: str) -> list[str]:
         return [ver for (pid, _), (_, ver, _) in self.packages.items() if pid == package_id.lower()]
 

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from cluster.agent_types import MONO_6
-from executors.pool import NAMESPACE, pool_name
+from executors.pool import NAMESPACE, PoolSpec, pool_name
 from executors.reaper import reap
 from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec
 from executors.task import run_job
@@ -60,9 +60,9 @@ def pooled_containers() -> set[str]:
 def test_the_pool_holds_one_warm_sandbox_per_slot_of_the_node(local_ray):
     before = pooled_containers()
     s = spec()
-    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("pooled");', -1, None, MONO_6.name)
+    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("pooled");', PoolSpec(MONO_6.name))
     assert ray.get(list(gen)[-1])["outcome"].stdout == "pooled\n"
-    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s), namespace=NAMESPACE)
+    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, warmup=True), namespace=NAMESPACE)
     try:
         assert ray.get(pool.capacity.remote()) == 2  # the node offers 2 slots of the agent type
         deadline = time.monotonic() + 60
