@@ -34,7 +34,7 @@ class PoolSpec:
     size: int = -1  #: pre-started sandboxes; -1: one per slot of the agent type on the node
     #: the runner compiles a small program while it waits (CSRUN_WARMUP): the job's compile starts
     #: warm (~0.35 s less at low load) at the price of that CPU per job under a burst
-    warmup: bool = True
+    warmup: bool = False
 
 
 def template(spec: SandboxSpec, warmup: bool = False) -> SandboxSpec:

@@ -57,9 +57,9 @@ class Settings(BaseSettings):
     #: pre-started sandboxes per node and sandbox profile: -1 as many as the node has slots of the
     #: agent type, 0 none (every job starts its container cold)
     pool_size: int = Field(-1, ge=-1, le=64)
-    #: pooled runners compile a small program while they wait: ~0.35 s less per job at low load,
-    #: that much more CPU per job under a burst
-    pool_warmup: bool = True
+    #: pooled runners compile a small program while they wait: ~0.3 s less per job at low load, but
+    #: that much more CPU per job, which on small nodes slows bursts (off by default: see PERFORMANCE.md)
+    pool_warmup: bool = False
     #: agent types the local head offers slots of (empty: all enabled ones)
     local_agent_types: Annotated[list[str], NoDecode] = []
     #: NuGet.Config XML with the feeds of jobs that give none (empty: such jobs have no feeds)

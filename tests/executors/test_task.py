@@ -60,7 +60,7 @@ def pooled_containers() -> set[str]:
 def test_the_pool_holds_one_warm_sandbox_per_slot_of_the_node(local_ray):
     before = pooled_containers()
     s = spec()
-    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("pooled");', PoolSpec(MONO_6.name))
+    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("pooled");', PoolSpec(MONO_6.name, warmup=True))
     assert ray.get(list(gen)[-1])["outcome"].stdout == "pooled\n"
     pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, warmup=True), namespace=NAMESPACE)
     try:
