@@ -91,16 +91,19 @@ class Package:
     def mount_point(self) -> str:
         return f"{MOUNT_ROOT}/{self.id.lower()}/{self.version}"
 
+    @property
+    def lib(self) -> Path:
+        """The folder of the chosen framework's assemblies ("" means directly in lib/)."""
+        return self.path / "lib" / self.framework if self.framework else self.path / "lib"
+
     def assemblies(self) -> list[str]:
         if self.framework is None:
             return []
-        lib = self.path / "lib" / self.framework if self.framework else self.path / "lib"
-        return sorted(f"{self.mount_point}/{p.name}" for p in lib.iterdir()
+        return sorted(f"{self.mount_point}/{p.name}" for p in self.lib.iterdir()
                       if p.is_file() and p.suffix.lower() == ".dll")
 
     def mount(self) -> tuple[str, str]:
-        lib = self.path / "lib" / self.framework if self.framework else self.path / "lib"
-        return str(lib), self.mount_point
+        return str(self.lib), self.mount_point
 
 
 @dataclass(frozen=True)
