@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxSpec, remove_container, run_sandbox
+from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, remove_container, run_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class PoolSpec:
 
 def template(spec: SandboxSpec, warmup: bool = False) -> SandboxSpec:
     """The spec of a pooled sandbox for jobs like `spec`: same everything but the job."""
-    return replace(spec, job_id="pool-template", reap_grace_s=MAX_IDLE_S + 300,
+    return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300,
                    env=(*spec.env, ("CSRUN_WARMUP", "1")) if warmup else spec.env)
 
 
@@ -57,7 +57,7 @@ def pool_name(node_id: str, spec: SandboxSpec, warmup: bool = False) -> str:
 @ray.remote(num_cpus=0, max_concurrency=64)
 class SandboxPool:
     def __init__(self, spec: SandboxSpec, pool: PoolSpec):
-        self.template = template(spec, pool.warmup)
+        self.template = replace(template(spec, pool.warmup), node_id=ray.get_runtime_context().get_node_id())
         self.size = pool.size if pool.size >= 0 else node_slots(pool.agent_type)
         self.idle: deque[Sandbox] = deque()
         self.starting = 0
@@ -98,9 +98,12 @@ class SandboxPool:
             return run_sandbox(spec, script)  # none ready yet: a cold start, as without the pool
         try:
             outcome = sandbox.run(script, name=spec.name, remove=False)
-        except SandboxError:
+        except SandboxGone:  # before the script reached it: a cold start instead
             sandbox.discard()
             return run_sandbox(spec, script)
+        except SandboxError:  # after: the job was stopped (DELETE) or the sandbox failed; never run it again
+            remove_container(spec.name)
+            raise
         # the teardown of the used container is off the job's path, but always happens
         threading.Thread(target=remove_container, args=(spec.name,), daemon=True).start()
         return outcome

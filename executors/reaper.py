@@ -1,8 +1,9 @@
 """Removes sandbox containers whose job can no longer be waiting for them.
 
-Every sandbox carries the job id and a deadline (its wall time plus a margin) as labels. A
-container past its deadline belongs to a task that died (worker killed, node restarted, service
-stopped): nobody will read it, so it is removed.
+Every sandbox carries the job id, a deadline (its wall time plus a margin) and the Ray node that
+started it as labels. A container past its deadline belongs to a task that died (worker killed,
+service stopped), and one started by a node that Ray reports dead belongs to nobody (the node
+was lost and this machine joined again as a new node): nobody will read them, so they are removed.
 """
 
 import logging
@@ -22,6 +23,11 @@ def expired(labels: dict[str, str], now: float) -> bool:
         return True
 
 
+def orphaned(labels: dict[str, str], now: float, dead_nodes: set[str]) -> bool:
+    """Whether a container is nobody's: past its deadline, or started by a node now dead."""
+    return expired(labels, now) or labels.get(f"{LABEL}.node", "") in dead_nodes
+
+
 def sandboxes() -> dict[str, dict[str, str]]:
     """Sandbox containers on this node: name → labels."""
     out = subprocess.run(
@@ -35,11 +41,17 @@ def sandboxes() -> dict[str, dict[str, str]]:
     return found
 
 
-def reap(everything: bool = False) -> list[str]:
-    """Removes expired sandboxes (or all of them, when this node is shutting down)."""
+def reap(everything: bool = False, dead_nodes: set[str] = frozenset()) -> list[str]:
+    """Removes orphaned sandboxes (or all of them, when this node is shutting down)."""
     now = time.time()
-    doomed = [name for name, labels in sandboxes().items() if everything or expired(labels, now)]
+    doomed = [name for name, labels in sandboxes().items() if everything or orphaned(labels, now, dead_nodes)]
     if doomed:
         subprocess.run(["docker", "rm", "--force", *doomed], capture_output=True, timeout=60)
         log.info("reaped %d sandbox containers", len(doomed))
     return doomed
+
+
+def dead_ray_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if not n["Alive"]}

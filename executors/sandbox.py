@@ -55,6 +55,10 @@ class SandboxSpec:
     env: tuple[tuple[str, str], ...] = ()  #: extra environment for the runner (never secrets)
     #: past wall time + this, a container whose task is gone is an orphan for the reaper
     reap_grace_s: float = 60.0
+    #: the Ray node that starts it: once that node is dead the container is nobody's
+    node_id: str = ""
+    #: which run of the job this is (a run lost with its node is tried once more)
+    attempt: int = 1
 
     @property
     def name(self) -> str:
@@ -78,6 +82,10 @@ class SandboxError(RuntimeError):
     """The sandbox could not be run (Docker, image, runtime): our fault, not the script's."""
 
 
+class SandboxGone(SandboxError):
+    """A pre-started sandbox was gone before it got the script: another may be used instead."""
+
+
 def docker_run_args(spec: SandboxSpec) -> list[str]:
     """The `docker run` argument list for a spec (without the leading `docker`)."""
     lim = spec.limits
@@ -93,6 +101,7 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
         "--name", spec.name,
         "--label", f"{LABEL}={spec.job_id}",
         "--label", f"{LABEL}.deadline={int(time.time() + lim.wall_time_s + spec.reap_grace_s)}",
+        *(["--label", f"{LABEL}.node={spec.node_id}"] if spec.node_id else []),
         "--runtime", runtime,
         "--network", network,
         "--user", spec.user,
@@ -179,7 +188,7 @@ class Sandbox:
         try:
             if name and name != self.name:
                 if _docker("rename", self.name, name).returncode != 0:
-                    raise SandboxError("the pre-started sandbox is gone")
+                    raise SandboxGone("the pre-started sandbox is gone")
                 self.name = name
             started = datetime.now(timezone.utc)
             threading.Thread(target=_feed, args=(self.proc, script.encode()), daemon=True).start()

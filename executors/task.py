@@ -11,13 +11,18 @@ import ray
 
 from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
 from executors.pool import PoolSpec, pool_for
+from executors.reaper import dead_ray_nodes, reap
 from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
 
 
 @ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
 def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget: NuGetSpec | None = None):
     # num_cpus=0: the agent-type resource (one unit per sandbox slot) bounds concurrency, not CPUs
-    yield {"event": "RUNNING", "node_id": ray.get_runtime_context().get_node_id()}
+    node_id = ray.get_runtime_context().get_node_id()
+    yield {"event": "RUNNING", "node_id": node_id}
+    spec = replace(spec, node_id=node_id)
+    if spec.attempt > 1:  # the lost run's container, if its node was this machine in an earlier life
+        stop_job_sandbox(spec.job_id)
     started = datetime.now(timezone.utc)
     try:
         refs = references(script) if nuget is not None else []
@@ -45,3 +50,9 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
 def stop_sandbox(job_id: str) -> None:
     """Kills and removes a job's container; scheduled onto the node that runs it."""
     stop_job_sandbox(job_id)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def reap_node() -> list[str]:
+    """Removes this node's orphaned sandboxes, those of nodes that died included."""
+    return reap(dead_nodes=dead_ray_nodes())

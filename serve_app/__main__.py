@@ -19,6 +19,7 @@ from executors.network import remove_egress  # noqa: E402
 from executors.reaper import reap  # noqa: E402
 from serve_app.app import build  # noqa: E402
 from serve_app.config import get_settings  # noqa: E402
+from serve_app.dispatch import dispatcher  # noqa: E402
 
 log = logging.getLogger("dotnet_scripts")
 
@@ -31,6 +32,8 @@ def main() -> None:
     else:
         offers = {t: settings.local_slots for t in (settings.local_agent_types or settings.agent_types)}
         ray.init(resources=node_resources(offers), include_dashboard=True, dashboard_host="127.0.0.1")
+    # the dispatcher (and the launcher that owns the runs) live near this process, on the head
+    ray.get(dispatcher(settings, ray.get_runtime_context().get_node_id(), replace_other=True).ping.remote())
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build(settings), name="dotnet-scripts", route_prefix="/", blocking=False)
     log.info("dotnet-scripts is up on http://%s:%d (Swagger UI: /swagger-ui)", settings.host, settings.port)

@@ -11,12 +11,13 @@ from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic.alias_generators import to_camel
+import ray
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import deps, health, jobs, policies
 from serve_app.config import LIMIT_FIELDS, Settings
-from serve_app.dispatch import Dispatcher, agent_profile
+from serve_app.dispatch import DispatcherClient, agent_profile, dispatcher
 from serve_app.events import Events
 from serve_app.store import JobStore
 
@@ -130,7 +131,8 @@ class JobService:
         cfg = Settings(**settings)
         store = JobStore(cfg.database_url)
         events = Events(cfg.redis_url)
-        self.services = deps.Services(settings=cfg, store=store, dispatcher=Dispatcher(cfg, store, events), events=events)
+        client = DispatcherClient(dispatcher(cfg, ray.get_runtime_context().get_node_id()))
+        self.services = deps.Services(settings=cfg, store=store, dispatcher=client, events=events)
         deps.install(self.services)
         self.policies = asyncio.get_running_loop().create_task(policies.run_forever(self.services))
 

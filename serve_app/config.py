@@ -24,8 +24,9 @@ class Settings(BaseSettings):
     #: where the REST API listens (the original service used 8080)
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    #: Serve replicas of the API; they share state only through the database
-    serve_replicas: int = Field(1, ge=1, le=64)
+    #: Serve replicas of the API; they share state only through the database and Redis (two: one
+    #: can restart or fail while the other answers)
+    serve_replicas: int = Field(2, ge=1, le=64)
     #: Redis for job events (long-polls end the moment a job does); empty: long-polls read the database
     redis_url: str = ""
     #: Ray cluster to join; empty starts a local head that offers `local_slots` of each agent type
@@ -77,6 +78,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(60.0, gt=0, le=86400)
     #: a job PENDING or RUNNING this long without news becomes REJECTED (the original: 5 min)
     stale_after_s: float = Field(300.0, gt=0)
+    #: a job whose agent type no live node offers waits this long for one (an autoscaler adding
+    #: a node) before it becomes REJECTED
+    pending_limit_s: float = Field(300.0, gt=0)
     #: a result is deleted this long after a client first fetched it
     fetched_retention_s: float = Field(3600.0, gt=0)
     #: a result nobody fetched is deleted this long after the job ended

@@ -7,7 +7,7 @@ in the replica's process, rather than on `app.state` of the module's app.
 from dataclasses import dataclass
 
 from serve_app.config import Settings
-from serve_app.dispatch import Dispatcher
+from serve_app.dispatch import DispatcherClient
 from serve_app.events import Events
 from serve_app.store import JobStore
 
@@ -16,7 +16,7 @@ from serve_app.store import JobStore
 class Services:
     settings: Settings
     store: JobStore
-    dispatcher: Dispatcher
+    dispatcher: DispatcherClient
     events: Events
 
 

@@ -1,8 +1,8 @@
 """From a stored job to a Ray task on a node of its agent type, and from its outcome to a result."""
 
 import asyncio
+import hashlib
 import logging
-import threading
 import uuid
 from dataclasses import replace
 
@@ -16,10 +16,11 @@ from executors import nuget_config
 from executors.nuget_restore import NuGetSpec
 from executors.pool import PoolSpec
 from executors.sandbox import Limits, Outcome, SandboxSpec, stop_job_sandbox
-from executors.task import run_job, stop_sandbox
+from executors.task import reap_node, stop_sandbox
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.events import Events
-from serve_app.models import FinishedWith, JobConfig, JobResult, JobStatus
+from serve_app.launcher import NAMESPACE, launcher
+from serve_app.models import FinishedWith, Job, JobConfig, JobResult, JobStatus
 from serve_app.store import JobStore
 
 log = logging.getLogger("dotnet_scripts.jobs")
@@ -102,69 +103,246 @@ def result_from_outcome(o: Outcome) -> JobResult:
     )
 
 
+#: a safety net only: submissions and ends of jobs wake the dispatcher at once
+RESCAN_S = 5.0
+#: tasks handed to Ray per agent type beyond its slots: the next job starts the moment a slot
+#: frees, and an agent type without nodes still shows the autoscaler its demand
+AHEAD = 2
+#: runs of one job at most: a run lost with its node or worker is tried once more
+MAX_ATTEMPTS = 2
+NAME = "dispatcher"
+
+
+def settings_digest(settings: Settings) -> str:
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def room(slots: int, in_flight: int) -> int:
+    """How many more of an agent type's queued jobs to hand to Ray now."""
+    return max(0, slots + AHEAD - in_flight)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
 class Dispatcher:
-    """Starts each job's Ray task and records what comes back. Lives in an API replica."""
+    """The cluster's single dispatcher: hands PENDING jobs from the database to Ray in order,
+    bounded by capacity, and records what their runs report. Its state is the database (and the
+    launcher's tasks): restarted, it follows the runs already started and starts the rest, so no
+    job is lost or run twice."""
 
-    def __init__(self, settings: Settings, store: JobStore, events: Events):
-        self.settings, self.store, self.events = settings, store, events
-        self.running: dict[uuid.UUID, tuple[asyncio.Task, object]] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
+    def __init__(self, settings: dict):
+        logging.basicConfig(level=logging.INFO)
+        self.settings = Settings(**settings)
+        self.store = JobStore(self.settings.database_url)
+        self.events = Events(self.settings.redis_url)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.launcher = launcher(self.node_id)
+        self.following: dict[uuid.UUID, tuple[str, int]] = {}  #: job → (agent type, attempt)
+        self.wake = asyncio.Event()
+        self.main = asyncio.get_running_loop().create_task(self._main())
+        self.reaper = asyncio.get_running_loop().create_task(self._reap_forever())
 
-    def submit(self, job_id: uuid.UUID, agent_type: str, script: str, config: JobConfig | None = None) -> None:
-        spec = sandbox_spec(self.settings, job_id, agent_type, config)
-        # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
-        custom = config is not None and (config.limits is not None or config.network is not None)
-        pool = None if custom else PoolSpec(agent_type, self.settings.pool_size, self.settings.pool_warmup)
-        nuget = nuget_spec(self.settings, agent_type, config)
-        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(
-            spec, runner_input(agent_type, script, config), pool, nuget)
-        self.loop = asyncio.get_running_loop()
-        task = self.loop.create_task(self._follow(job_id, gen))
-        self.running[job_id] = (task, gen)
-        task.add_done_callback(lambda _t: self.running.pop(job_id, None))
+    def kick(self) -> None:
+        """There may be new work (a job was submitted)."""
+        self.wake.set()
 
-    async def _follow(self, job_id: uuid.UUID, gen) -> None:
+    def ping(self) -> dict:
+        return {"settings": settings_digest(self.settings), "following": len(self.following)}
+
+    async def stop(self, job_id: str, node_id: str | None) -> None:
+        """Stops a job's run wherever it is: its task if still waiting, its sandbox if started."""
+        await self.launcher.cancel.remote(job_id)
+        if not node_id:
+            return
+        if node_id == self.node_id:
+            await asyncio.to_thread(stop_job_sandbox, job_id)
+        else:
+            await stop_sandbox.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)).remote(job_id)
+
+    async def _main(self) -> None:
+        while True:
+            try:
+                await self._recover()
+                break
+            except Exception:
+                log.exception("dispatcher: recovery failed; retrying")
+                await asyncio.sleep(RESCAN_S)
+        while True:
+            self.wake.clear()
+            try:
+                await self._dispatch()
+            except Exception:
+                log.exception("dispatcher: pass failed; retrying")
+            try:
+                await asyncio.wait_for(self.wake.wait(), RESCAN_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _reap_forever(self) -> None:
+        """Has every node of an agent type remove its orphaned sandboxes, e.g. those a node left
+        behind when it was lost and its machine joined again."""
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                nodes = await asyncio.to_thread(ray.nodes)
+                for n in nodes:
+                    if n["Alive"] and any(n["Resources"].get(t) for t in self.settings.agent_types):
+                        reap_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                            node_id=n["NodeID"], soft=False)).remote()
+            except Exception:
+                log.exception("dispatcher: reaping failed; retrying")
+
+    async def _recover(self) -> None:
+        """After a (re)start: follow the runs the launcher still holds, requeue the rest."""
+        held = await self.launcher.held.remote()
+        ours = await asyncio.to_thread(self.store.dispatched_jobs)
+        for job in ours:
+            if str(job.id) in held:
+                self._follow(job.id, job.agent_type, job.attempts)
+            elif job.status == JobStatus.PENDING:  # its task never reported a start: run it now
+                await asyncio.to_thread(self.store.requeue, job.id, False)
+            else:
+                await self._lost(job.id, "its run was lost with the service's launcher")
+        known = {str(job.id) for job in ours}
+        for job_id in set(held) - known:  # deleted or already recorded: nothing to follow
+            await self.launcher.cancel.remote(job_id)
+            await self.launcher.forget.remote(job_id)
+        if ours:
+            log.info("dispatcher: recovered %d started jobs", len(ours))
+
+    async def _dispatch(self) -> None:
+        total = await asyncio.to_thread(ray.cluster_resources)
+        for agent_type in self.settings.agent_types:
+            in_flight = sum(1 for t, _ in self.following.values() if t == agent_type)
+            n = room(int(total.get(agent_type, 0)), in_flight)
+            if n:
+                for job in await asyncio.to_thread(self.store.queued, agent_type, n):
+                    await self._start(job)
+
+    async def _start(self, job: Job) -> None:
+        attempt = await asyncio.to_thread(self.store.claim, job.id)
+        if attempt is None:  # deleted or ended meanwhile
+            return
+        payload = job.request().payload
         try:
-            async for ref in gen:
-                item = await ref
-                if item["event"] == "RUNNING":
-                    await asyncio.to_thread(self.store.transition, job_id, JobStatus.RUNNING, node_id=item["node_id"])
-                    log.info("job %s RUNNING node=%s", job_id, item["node_id"])
-                elif item["event"] == "FINISHED":
-                    result = result_from_outcome(item["outcome"])
-                    await asyncio.to_thread(self.store.transition, job_id, JobStatus.FINISHED, result=result)
-                    await self.events.publish(job_id, JobStatus.FINISHED.value)
-                    log.info("job %s FINISHED finishedWith=%s exitCode=%s stdout=<CONTENT OMITTED> stderr=<CONTENT OMITTED>",
-                             job_id, result.finished_with.value, result.exit_code)
-                else:
-                    await self._reject(job_id, "the sandbox could not be started on its node")
-                    log.error("job %s sandbox error: %s", job_id, item["reason"])
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # node lost, worker crashed, task cancelled...
-            log.warning("job %s lost: %s", job_id, type(e).__name__)
-            await self._reject(job_id, f"the job's task failed ({type(e).__name__}); it was not run to completion")
+            config = payload.job_config
+            spec = replace(sandbox_spec(self.settings, job.id, job.agent_type, config), attempt=attempt)
+            # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
+            custom = config is not None and (config.limits is not None or config.network is not None)
+            pool = None if custom else PoolSpec(job.agent_type, self.settings.pool_size, self.settings.pool_warmup)
+            args = (spec, runner_input(job.agent_type, payload.script, config), pool,
+                    nuget_spec(self.settings, job.agent_type, config))
+        except (ValueError, KeyError) as e:  # the deployment's settings changed since it was accepted
+            await self._reject(job.id, f"this deployment no longer accepts its configuration: {e}")
+            return
+        try:
+            await self.launcher.start.remote(str(job.id), job.agent_type, args)
+        except ray.exceptions.RayActorError:  # the launcher is restarting: the job waits for the next pass
+            await asyncio.to_thread(self.store.requeue, job.id, False)
+            return
+        self._follow(job.id, job.agent_type, attempt)
+
+    def _follow(self, job_id: uuid.UUID, agent_type: str, attempt: int) -> None:
+        self.following[job_id] = (agent_type, attempt)
+        asyncio.get_running_loop().create_task(self._track(job_id, attempt))
+
+    async def _track(self, job_id: uuid.UUID, attempt: int) -> None:
+        seen, why = 0, None
+        try:
+            while why is None:
+                try:
+                    events = await self.launcher.events.remote(str(job_id), seen)
+                except ray.exceptions.RayActorError:  # the launcher died, and the tasks it owned
+                    events = None
+                if events is None:
+                    why = "its run was lost with the service's launcher"
+                    break
+                for item in events:
+                    seen += 1
+                    if item["event"] == "LOST":
+                        why = "" if item["cancelled"] else f"its node or worker was lost ({item['error']})"
+                        break
+                    if await self._record(job_id, item):
+                        why = ""
+                        break
+        except Exception:
+            log.exception("dispatcher: following job %s failed", job_id)
+            why = "the service lost track of its run"
+        finally:
+            if self.following.get(job_id, (None, None))[1] == attempt:
+                del self.following[job_id]
+            self.wake.set()  # a slot is free
+        try:
+            await self.launcher.forget.remote(str(job_id))
+        except ray.exceptions.RayActorError:
+            pass
+        if why:
+            await self._lost(job_id, why)
+
+    async def _record(self, job_id: uuid.UUID, item: dict) -> bool:
+        """Records a run's event; True when the run has ended."""
+        if item["event"] == "RUNNING":
+            if await asyncio.to_thread(self.store.transition, job_id, JobStatus.RUNNING, node_id=item["node_id"]):
+                log.info("job %s RUNNING node=%s", job_id, item["node_id"])
+                await self.events.publish(job_id, JobStatus.RUNNING.value)
+            return False
+        if item["event"] == "FINISHED":
+            result = result_from_outcome(item["outcome"])
+            if await asyncio.to_thread(self.store.transition, job_id, JobStatus.FINISHED, result=result):
+                await self.events.publish(job_id, JobStatus.FINISHED.value)
+                log.info("job %s FINISHED finishedWith=%s exitCode=%s stdout=<CONTENT OMITTED> stderr=<CONTENT OMITTED>",
+                         job_id, result.finished_with.value, result.exit_code)
+            return True
+        log.error("job %s sandbox error: %s", job_id, item.get("reason"))
+        await self._reject(job_id, "the sandbox could not be started on its node")
+        return True
+
+    async def _lost(self, job_id: uuid.UUID, why: str) -> None:
+        """A run ended without an outcome: tried once more if it may be, else REJECTED."""
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job is None or job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
+            return
+        if job.attempts < MAX_ATTEMPTS and await asyncio.to_thread(self.store.requeue, job_id):
+            log.warning("job %s: %s; trying it again", job_id, why)
+            self.wake.set()
+            return
+        await self._reject(job_id, f"{why}; it was tried {job.attempts} times")
 
     async def _reject(self, job_id: uuid.UUID, reason: str) -> None:
         if await asyncio.to_thread(self.store.transition, job_id, JobStatus.REJECTED, reason=reason):
             log.info("job %s REJECTED reason=%s", job_id, reason)
             await self.events.publish(job_id, JobStatus.REJECTED.value)
 
+
+def dispatcher(settings: Settings, node_id: str | None = None, replace_other: bool = False):
+    """The cluster's dispatcher, created on first use (near `node_id` when given). With
+    `replace_other`, one running with other settings (an earlier deployment) is replaced; the runs
+    it started go on and the new one follows them."""
+    strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True) if node_id else None
+    make = Dispatcher.options(name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                              scheduling_strategy=strategy)
+    handle = make.remote(settings.model_dump())
+    if replace_other and ray.get(handle.ping.remote())["settings"] != settings_digest(settings):
+        ray.kill(handle, no_restart=True)
+        handle = make.remote(settings.model_dump())
+    return handle
+
+
+class DispatcherClient:
+    """What an API replica asks of the dispatcher; every call returns at once."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def kick(self) -> None:
+        self.handle.kick.remote()
+
     def stop(self, job_id: uuid.UUID, node_id: str | None) -> None:
-        """Stops a job's sandbox wherever it runs; callable from any thread."""
-        entry = self.running.pop(job_id, None)
-        if entry is not None:
-            task, gen = entry
-            self.loop.call_soon_threadsafe(task.cancel)
-            try:
-                ray.cancel(gen)  # a task still waiting for a slot never starts
-            except Exception:
-                log.debug("job %s: cancel failed", job_id, exc_info=True)
-        if not node_id:
-            return
-        if node_id == ray.get_runtime_context().get_node_id():  # our own node: no task to schedule
-            threading.Thread(target=stop_job_sandbox, args=(str(job_id),), daemon=True).start()
-        else:
-            stop_sandbox.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
-            ).remote(str(job_id))
+        self.handle.stop.remote(str(job_id), node_id)
+
+    async def ping(self, timeout: float = 2.0) -> dict:
+        try:
+            info = await asyncio.wait_for(self.handle.ping.remote(), timeout)
+            return {"status": "UP", "details": {"following": info["following"]}}
+        except Exception as e:
+            return {"status": "DOWN", "details": {"error": type(e).__name__}}

@@ -25,7 +25,8 @@ def _database(svc: Services) -> dict:
 def _cluster(svc: Services) -> dict:
     total = ray.cluster_resources()
     free = ray.available_resources()
-    slots = {t: {"slots": int(total.get(t, 0)), "free": int(free.get(t, 0))}
+    waiting = svc.store.pending_counts()
+    slots = {t: {"slots": int(total.get(t, 0)), "free": int(free.get(t, 0)), "waiting": waiting.get(t, 0)}
              for t in svc.settings.agent_types}
     # an agent type without nodes is not an outage: its jobs wait (and an autoscaler may add nodes)
     return {"status": "UP", "details": {"agentTypes": slots}}
@@ -54,7 +55,8 @@ async def health(svc: Services = Depends(get_services)):
     db, cluster, sandbox = await asyncio.gather(
         asyncio.to_thread(_database, svc), asyncio.to_thread(_cluster, svc), asyncio.to_thread(_sandbox, svc))
     events = await svc.events.ping()  # without Redis the API still works: not part of UP/DOWN
-    up = db["status"] == "UP" and cluster["status"] == "UP" and sandbox["status"] != "DOWN"
+    dispatcher = await svc.dispatcher.ping()
+    up = all(c["status"] == "UP" for c in (db, cluster, dispatcher)) and sandbox["status"] != "DOWN"
     body = {"status": "UP" if up else "DOWN",
-            "components": {"db": db, "ray": cluster, "sandbox": sandbox, "redis": events}}
+            "components": {"db": db, "ray": cluster, "dispatcher": dispatcher, "sandbox": sandbox, "redis": events}}
     return JSONResponse(status_code=200 if up else 503, content=body)

@@ -75,7 +75,7 @@ async def create_job(body: JobRequest, response: Response, svc: Services = Depen
         log.info("job %s repeated requestId: not run again", job.id)
         return JobCreated(job_id=job.id)
     log.info("job %s PENDING agentType=%s sender=%s script=<CONTENT OMITTED>", job.id, job.agent_type, job.sender_id)
-    svc.dispatcher.submit(job.id, job.agent_type, body.payload.script, body.payload.job_config)
+    svc.dispatcher.kick()  # the job is in the queue (the database); the dispatcher takes it from there
     return JobCreated(job_id=job.id)
 
 

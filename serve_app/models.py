@@ -139,6 +139,10 @@ class Job(SQLModel, table=True):
     status: JobStatus = SQLField(default=JobStatus.PENDING, index=True)
     rejected_reason: Optional[str] = None
     node_id: Optional[str] = None  #: the Ray node that runs or ran it (to stop its sandbox)
+    #: handed to Ray by the dispatcher and not yet ended: the database is the queue, this its cursor
+    dispatched: bool = SQLField(default=False, index=True)
+    #: runs started: a run lost with its node is tried once more, never more
+    attempts: int = SQLField(default=0)
     result_json: Optional[str] = SQLField(default=None, sa_column=Column(Text))
     created_at: datetime = SQLField(default_factory=utcnow, sa_type=DateTime(timezone=True))
     #: last status change: staleness and the retention of unfetched results count from it

@@ -4,7 +4,9 @@ the same sweep at once do no harm."""
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import timedelta, timezone
+
+import ray
 
 from serve_app.deps import Services
 from serve_app.models import JobStatus, utcnow
@@ -12,10 +14,12 @@ from serve_app.models import JobStatus, utcnow
 log = logging.getLogger("dotnet_scripts.jobs")
 
 
-def stale_reason(status: JobStatus, agent_type: str, seconds: float) -> str:
+def stale_reason(status: JobStatus, agent_type: str, seconds: float, slots: int) -> str:
+    if status == JobStatus.PENDING and not slots:
+        return (f"no live node offers agent type {agent_type}, and none was added within {seconds:g} s "
+                f"(no autoscaler, or it cannot add such a node)")
     if status == JobStatus.PENDING:
-        return (f"no sandbox of agent type {agent_type} became free within {seconds:g} s "
-                f"(all slots busy, or no node offers it)")
+        return f"all {slots} sandbox slots of agent type {agent_type} stayed busy for {seconds:g} s"
     return f"no result within {seconds:g} s of starting: its node or the service lost the job"
 
 
@@ -24,8 +28,15 @@ def sweep(svc: Services) -> tuple[list, int]:
     cfg, store = svc.settings, svc.store
     now = utcnow()
     rejected = []
-    for job in store.stale(now - timedelta(seconds=cfg.stale_after_s)):
-        reason = stale_reason(job.status, job.agent_type, cfg.stale_after_s)
+    total = ray.cluster_resources()
+    for job in store.stale(now - timedelta(seconds=min(cfg.stale_after_s, cfg.pending_limit_s))):
+        slots = int(total.get(job.agent_type, 0))
+        # a job whose agent type has no node waits for the autoscaler; one behind busy slots or running, for news
+        limit = cfg.pending_limit_s if job.status == JobStatus.PENDING and not slots else cfg.stale_after_s
+        updated = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=timezone.utc)  # SQLite: naive UTC
+        if updated >= now - timedelta(seconds=limit):
+            continue
+        reason = stale_reason(job.status, job.agent_type, limit, slots)
         if store.transition(job.id, JobStatus.REJECTED, reason=reason):
             rejected.append(job.id)
             log.info("job %s REJECTED reason=%s", job.id, reason)

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import and_, delete, event, or_, update
+from sqlalchemy import and_, delete, event, func, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -32,10 +32,22 @@ def make_engine(url: str):
     return create_engine(url, pool_pre_ping=True)
 
 
+#: columns added since the first release, for databases created before them (no migration tool)
+ADDED_COLUMNS = {
+    "dispatched": "BOOLEAN NOT NULL DEFAULT false",
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
 class JobStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         SQLModel.metadata.create_all(self.engine)
+        have = {c["name"] for c in inspect(self.engine).get_columns(Job.__tablename__)}
+        with self.engine.begin() as conn:
+            for name, ddl in ADDED_COLUMNS.items():
+                if name not in have:
+                    conn.execute(text(f"ALTER TABLE {Job.__tablename__} ADD COLUMN {name} {ddl}"))
 
     def create(self, request: JobRequest) -> tuple[Job, bool]:
         """Stores a new job, or returns the existing one for a repeated requestId (created=False)."""
@@ -82,6 +94,51 @@ class JobStore:
             s.add(job)
             s.commit()
             return True
+
+    def queued(self, agent_type: str, limit: int) -> list[Job]:
+        """PENDING jobs of an agent type not yet handed to Ray, oldest first."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.exec(select(Job).where(
+                Job.agent_type == agent_type, Job.status == JobStatus.PENDING, Job.dispatched.is_(False),
+            ).order_by(Job.created_at).limit(limit)))
+
+    def claim(self, job_id: uuid.UUID) -> Optional[int]:
+        """Marks a queued job as handed to Ray; its attempt number, or None if it is not queued."""
+        with Session(self.engine) as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.status != JobStatus.PENDING or job.dispatched:
+                return None
+            job.dispatched, job.attempts = True, job.attempts + 1
+            s.add(job)
+            s.commit()
+            return job.attempts
+
+    def requeue(self, job_id: uuid.UUID, counted: bool = True) -> bool:
+        """Puts a job whose run was lost back in the queue (PENDING); `counted=False`: the lost
+        attempt never started a sandbox and does not count. False if it has ended meanwhile."""
+        with Session(self.engine) as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
+                return False
+            job.status, job.dispatched, job.node_id, job.updated_at = JobStatus.PENDING, False, None, utcnow()
+            if not counted:
+                job.attempts = max(0, job.attempts - 1)
+            s.add(job)
+            s.commit()
+            return True
+
+    def dispatched_jobs(self) -> list[Job]:
+        """Jobs handed to Ray that have not ended: what a restarted dispatcher must follow again."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.exec(select(Job).where(
+                Job.dispatched.is_(True), Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]))))
+
+    def pending_counts(self) -> dict[str, int]:
+        """PENDING jobs per agent type."""
+        with Session(self.engine) as s:
+            rows = s.exec(select(Job.agent_type, func.count()).where(Job.status == JobStatus.PENDING)
+                          .group_by(Job.agent_type))
+            return {agent_type: n for agent_type, n in rows}
 
     def delete(self, job_id: uuid.UUID) -> Optional[Job]:
         with Session(self.engine, expire_on_commit=False) as s:

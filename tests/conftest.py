@@ -40,6 +40,33 @@ def containers_created(job_id: str, since: str) -> list[str]:
             + events("--filter", f"container=dotnet-scripts-job-{job_id}", "--filter", "event=rename"))
 
 
+class ContainerStarts:
+    """Watches Docker from its creation to `stop()` and counts the sandboxes given to each job
+    (created for it, or taken from the pool and renamed after it). Unlike `containers_created`,
+    it misses none however many there are (the daemon's own backlog holds 256 events)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            ["docker", "events", "--filter", "type=container", "--filter", "event=create", "--filter", "event=rename",
+             "--format", "{{.Action}}\t{{index .Actor.Attributes \"name\"}}\t{{index .Actor.Attributes \"dotnet-scripts.job\"}}"],
+            stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # subscribed before the first job is submitted
+        self.lines: list[str] = []
+
+    def stop(self) -> None:
+        time.sleep(1)
+        self.proc.terminate()
+        self.lines = self.proc.communicate(timeout=30)[0].splitlines()
+
+    def of(self, job_id: str) -> int:
+        n = 0
+        for line in self.lines:
+            action, name, job = (line.split("\t") + ["", ""])[:3]
+            if (action == "create" and job == job_id) or (action == "rename" and name == f"dotnet-scripts-job-{job_id}"):
+                n += 1
+        return n
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     with postgres() as server:

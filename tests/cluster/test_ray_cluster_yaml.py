@@ -17,3 +17,13 @@ def test_ray_validates_the_cluster_config():
     for name in CATALOGUE:
         assert types[name]["resources"].get(name, 0) >= 1, name
     assert cfg["head_node_type"] == "head" and not types["head"]["resources"]
+
+
+def test_the_cluster_has_gcs_fault_tolerance_and_installs_the_sandbox():
+    cfg = yaml.safe_load(CONFIG.read_text())
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "RAY_REDIS_ADDRESS=" in head_start and "--autoscaling-config" in head_start
+    assert "REDIS_URL=" in head_start  # job events over the same Redis
+    assert any("scripts/setup.sh" in c for c in cfg["setup_commands"])  # Docker, gVisor, venv, Mono image
+    for name in CATALOGUE:
+        assert 0 <= cfg["available_node_types"][name]["min_workers"] <= cfg["available_node_types"][name]["max_workers"]

@@ -1,5 +1,7 @@
 """The container configuration → `docker run` arguments (pure)."""
 
+from dataclasses import replace
+
 from executors.sandbox import LABEL, Limits, SandboxSpec, docker_run_args
 
 SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
@@ -17,6 +19,8 @@ def test_named_and_labelled_after_the_job():
     labels = option(args, "--label")
     assert f"{LABEL}=abc" in labels
     assert any(l.startswith(f"{LABEL}.deadline=") for l in labels)
+    assert not any(l.startswith(f"{LABEL}.node=") for l in labels)  # not yet placed
+    assert f"{LABEL}.node=n1" in option(docker_run_args(replace(SPEC, node_id="n1")), "--label")
 
 
 def test_hardening_options():

@@ -6,7 +6,9 @@ import pytest
 
 from executors.sandbox import Outcome
 from serve_app.config import Settings
-from serve_app.dispatch import agent_profile, job_profile, nuget_spec, result_from_outcome, runner_input, sandbox_spec
+from serve_app.dispatch import (
+    AHEAD, agent_profile, job_profile, nuget_spec, result_from_outcome, room, runner_input, sandbox_spec,
+)
 from serve_app.models import FinishedWith, JobConfig
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -106,3 +108,10 @@ def test_nuget_spec_takes_the_jobs_feeds_or_the_operators():
     assert [s.key for s in nuget_spec(settings, "linux-amd64-mono-6", own).sources] == ["mine"]
     assert nuget_spec(Settings(), "linux-amd64-mono-6", None).sources == ()
     assert nuget_spec(settings, "linux-amd64-dotnet-7", own) is None  # dotnet-script restores itself
+
+
+def test_the_dispatcher_hands_ray_the_free_slots_and_a_few_more():
+    assert room(slots=4, in_flight=0) == 4 + AHEAD
+    assert room(slots=4, in_flight=4 + AHEAD) == 0
+    assert room(slots=0, in_flight=0) == AHEAD  # no node yet: the autoscaler still sees demand
+    assert room(slots=2, in_flight=9) == 0

@@ -14,6 +14,7 @@ from tests.conftest import MONO, Jobs
 from tests.services import api_service
 
 STALE_AFTER_S = 10
+PENDING_LIMIT_S = 6  #: for jobs whose agent type no live node offers
 FETCHED_S = 3
 UNFETCHED_S = 7
 SWEEP_S = 0.5
@@ -27,7 +28,8 @@ def policy_db(new_database) -> str:
 @pytest.fixture(scope="session")
 def policy_client(policy_db, tmp_path_factory):
     env = dict(DATABASE_URL=policy_db, AGENT_TYPES=f"{MONO},linux-amd64-dotnet-7", LOCAL_AGENT_TYPES=MONO,
-               WALL_TIME_S="5", STALE_AFTER_S=str(STALE_AFTER_S), SWEEP_INTERVAL_S=str(SWEEP_S),
+               WALL_TIME_S="5", STALE_AFTER_S=str(STALE_AFTER_S), PENDING_LIMIT_S=str(PENDING_LIMIT_S),
+               SWEEP_INTERVAL_S=str(SWEEP_S),
                FETCHED_RETENTION_S=str(FETCHED_S), UNFETCHED_RETENTION_S=str(UNFETCHED_S))
     with api_service(tmp_path_factory.mktemp("policies"), **env) as svc:
         with httpx.Client(base_url=svc.url, timeout=30) as c:
@@ -49,14 +51,16 @@ def wait_status(client, job_id: str, wanted: set[str], timeout: float) -> dict:
     raise AssertionError(f"{job_id} never reached {wanted}")
 
 
-def test_pending_without_capacity_becomes_rejected_with_a_reason(policy_client, pjobs):
+def test_pending_for_an_agent_type_no_node_offers_becomes_rejected_with_a_reason(policy_client, pjobs):
     start = time.monotonic()
     job_id = pjobs.submit('Console.WriteLine("x");', agent_type="linux-amd64-dotnet-7").json()["jobId"]
     assert policy_client.get(f"/jobs/{job_id}/status").json()["status"] == "PENDING"
-    status = wait_status(policy_client, job_id, {"REJECTED", "FINISHED"}, STALE_AFTER_S + 10)
+    health = policy_client.get("/actuator/health").json()["components"]["ray"]["details"]["agentTypes"]
+    assert health["linux-amd64-dotnet-7"]["slots"] == 0 and health["linux-amd64-dotnet-7"]["waiting"] >= 1
+    status = wait_status(policy_client, job_id, {"REJECTED", "FINISHED"}, PENDING_LIMIT_S + 10)
     assert status["status"] == "REJECTED"
-    assert time.monotonic() - start >= STALE_AFTER_S - 1
-    assert "linux-amd64-dotnet-7" in status["rejectedReason"]
+    assert time.monotonic() - start >= PENDING_LIMIT_S - 1
+    assert "no live node offers agent type linux-amd64-dotnet-7" in status["rejectedReason"]
     job = policy_client.get(f"/jobs/{job_id}").json()
     assert job["result"] is None and job["rejectedReason"] == status["rejectedReason"]
 

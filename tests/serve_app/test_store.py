@@ -66,3 +66,42 @@ def test_delete(store):
     job, _ = store.create(request())
     assert store.delete(job.id).id == job.id
     assert store.get(job.id) is None and store.delete(job.id) is None
+
+
+def test_the_queue_hands_out_each_job_once_oldest_first(store):
+    mine = [store.create(request())[0] for _ in range(3)]
+    queued = [j.id for j in store.queued("linux-amd64-mono-6", 1000) if j.id in {m.id for m in mine}]
+    assert queued == [m.id for m in mine]
+    assert store.claim(mine[0].id) == 1
+    assert store.claim(mine[0].id) is None  # handed to Ray once
+    assert mine[0].id not in {j.id for j in store.queued("linux-amd64-mono-6", 1000)}
+    assert mine[0].id in {j.id for j in store.dispatched_jobs()}
+
+
+def test_a_lost_run_is_requeued_and_counted_unless_it_never_started(store):
+    job, _ = store.create(request())
+    store.claim(job.id)
+    store.transition(job.id, JobStatus.RUNNING, node_id="n1")
+    assert store.requeue(job.id)
+    again = store.get(job.id)
+    assert again.status == JobStatus.PENDING and not again.dispatched and again.node_id is None
+    assert store.claim(job.id) == 2  # the second run
+    assert store.requeue(job.id, counted=False) and store.get(job.id).attempts == 1
+    store.claim(job.id)
+    store.transition(job.id, JobStatus.REJECTED, reason="r")
+    assert not store.requeue(job.id)  # an ended job stays ended
+    assert job.id not in {j.id for j in store.dispatched_jobs()}
+
+
+def test_a_database_from_before_the_queue_columns_gets_them(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    JobStore(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:  # as the first release left it
+        db.execute("ALTER TABLE job DROP COLUMN attempts")
+        db.execute("DROP INDEX ix_job_dispatched")
+        db.execute("ALTER TABLE job DROP COLUMN dispatched")
+    store = JobStore(f"sqlite:///{path}")
+    job, _ = store.create(request())
+    assert store.claim(job.id) == 1

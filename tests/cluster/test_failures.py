@@ -1,0 +1,142 @@
+"""The whole service on a real multi-node Ray (ray.cluster_utils.Cluster on this machine), through
+HTTP: jobs placed by agent type, a node's slots never exceeded, a worker node lost mid-job, the
+dispatcher killed during a burst, orphans reaped. (An agent type no node offers: test_policies.)"""
+
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from cluster.agent_types import MONO_6
+from executors.sandbox import LABEL, Limits, SandboxSpec, docker_run_args, remove_container
+from executors.reaper import reap
+from serve_app.store import JobStore
+from tests.conftest import ContainerStarts, Jobs
+from tests.services import api_service
+
+MONO = MONO_6.name
+
+
+@dataclass
+class Stack:
+    cluster: Cluster
+    nodes: list  #: the worker nodes, each offering 2 slots of MONO
+    jobs: Jobs
+    store: JobStore
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server, tmp_path_factory):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})  # the head offers no agent type
+    nodes = [c.add_node(num_cpus=1, resources={MONO: 2}) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address)
+    url = pg_server.create_db("cluster")
+    try:
+        with api_service(tmp_path_factory.mktemp("cluster-service"), RAY_ADDRESS=c.address, DATABASE_URL=url,
+                         WALL_TIME_S="20", SWEEP_INTERVAL_S="1") as svc:
+            with httpx.Client(base_url=svc.url, timeout=30) as client:
+                yield Stack(c, nodes, Jobs(client), JobStore(url))
+    finally:
+        ever = {n["NodeID"] for n in ray.nodes()}
+        ray.shutdown()
+        c.shutdown()
+        reap(dead_nodes=ever)  # the pools' idle sandboxes: their nodes are gone
+
+
+def submit(stack: Stack, script: str) -> str:
+    r = stack.jobs.submit(script)
+    assert r.status_code == 201, r.text
+    return r.json()["jobId"]
+
+
+def status(stack: Stack, job_id: str) -> str:
+    return stack.jobs.client.get(f"/jobs/{job_id}/status").json()["status"]
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.2)
+
+
+def test_every_job_runs_on_a_node_of_its_agent_type_and_records_it(stack):
+    ids = [submit(stack, f"Console.WriteLine({i});") for i in range(6)]
+    offering = {n.node_id for n in stack.nodes}
+    for i, job_id in enumerate(ids):
+        job = stack.jobs.wait(job_id)
+        assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"{i}\n", job
+        assert stack.store.get(uuid.UUID(job_id)).node_id in offering  # never the head, which offers none
+
+
+def test_a_node_never_runs_more_sandboxes_than_its_slots(stack):
+    ids = [submit(stack, "System.Threading.Thread.Sleep(1500);") for _ in range(8)]
+    runs: dict[str, list] = {}
+    for job_id in ids:
+        result = stack.jobs.wait(job_id)["result"]
+        assert result["finishedWith"] == "SUCCEEDED", result
+        node = stack.store.get(uuid.UUID(job_id)).node_id
+        runs.setdefault(node, []).append((result["startedAt"], result["finishedAt"]))
+    assert len(runs) == 2, "both nodes took jobs"
+    for spans in runs.values():
+        points = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans], key=lambda p: (p[0], p[1]))
+        running = peak = 0
+        for _, delta in points:
+            running += delta
+            peak = max(peak, running)
+        assert peak <= 2
+
+
+def test_killing_the_dispatcher_during_a_burst_loses_no_job_and_runs_none_twice(stack):
+    starts = ContainerStarts()
+    ids = [submit(stack, f'Console.WriteLine("burst {i}");') for i in range(50)]
+
+    def finished() -> int:
+        return sum(status(stack, j) == "FINISHED" for j in ids)
+
+    for after in (3, 20):  # twice: while the first jobs run, and again mid-burst
+        wait_until(lambda: finished() >= after, 120, f"{after} jobs finished")
+        ray.kill(ray.get_actor("dispatcher", namespace="dotnet-scripts"), no_restart=False)
+    for i, job_id in enumerate(ids):
+        job = stack.jobs.wait(job_id, timeout=180)
+        assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"burst {i}\n", job
+    starts.stop()
+    for job_id in ids:
+        assert starts.of(job_id) == 1, f"job {job_id} got {starts.of(job_id)} sandboxes"
+        assert stack.store.get(uuid.UUID(job_id)).attempts == 1
+
+
+def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reaped(stack):
+    job_id = submit(stack, 'System.Threading.Thread.Sleep(5000); Console.WriteLine("survived");')
+    wait_until(lambda: status(stack, job_id) == "RUNNING", 60, "the job started")
+    first = stack.store.get(uuid.UUID(job_id)).node_id
+    victim = next(n for n in stack.nodes if n.node_id == first)
+    stack.cluster.remove_node(victim)  # its raylet and workers die with it
+    stack.nodes.remove(victim)
+    job = stack.jobs.wait(job_id, timeout=90)
+    assert job["status"] == "FINISHED" and job["result"]["stdout"] == "survived\n", job
+    stored = stack.store.get(uuid.UUID(job_id))
+    assert stored.node_id != first and stored.attempts == 2
+
+    # the lost node's machine joins again (a new Ray node): sandboxes the dead node started are reaped
+    stack.nodes.append(stack.cluster.add_node(num_cpus=1, resources={MONO: 2}))
+    stack.cluster.wait_for_nodes()
+    orphan = SandboxSpec(job_id=f"orphan-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                         node_id=first, limits=Limits(wall_time_s=120))
+    subprocess.run(["docker", "create", *docker_run_args(orphan)[1:]], check=True, capture_output=True)
+    try:
+        def left() -> list[str]:
+            return subprocess.run(["docker", "ps", "-a", "--filter", f"label={LABEL}.node={first}", "--format",
+                                   "{{.Names}}"], capture_output=True, text=True, check=True).stdout.split()
+
+        wait_until(lambda: not left(), 30, "the dead node's sandboxes were reaped")
+    finally:
+        remove_container(orphan.name)
