@@ -10,8 +10,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from cluster.agent_types import CATALOGUE
+
+
+#: the `ray` command of this Python's environment (the venv's, when run as .venv/bin/python)
+RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else "ray"
 
 
 def parse_offer(text: str) -> tuple[str, int]:
@@ -30,7 +35,7 @@ def node_resources(offers: dict[str, int]) -> dict[str, float]:
 
 
 def ray_start_args(role: str, offers: dict[str, int], address: str = "", port: int = 6379) -> list[str]:
-    args = ["ray", "start", "--resources", json.dumps(node_resources(offers))]
+    args = [RAY, "start", "--resources", json.dumps(node_resources(offers))]
     if role == "head":
         args += ["--head", f"--port={port}", "--dashboard-host=127.0.0.1"]
     else:

@@ -35,6 +35,9 @@ class PoolSpec:
     #: the runner compiles a small program while it waits (CSRUN_WARMUP): the job's compile starts
     #: warm (~0.35 s less at low load) at the price of that CPU per job under a burst
     warmup: bool = False
+    #: after this long without a job the pool removes its sandboxes and its actor: Ray counts a
+    #: node with a live actor as busy, and an autoscaler would never remove it
+    idle_s: float = 120.0
 
 
 def template(spec: SandboxSpec, warmup: bool = False) -> SandboxSpec:
@@ -54,6 +57,10 @@ def pool_name(node_id: str, spec: SandboxSpec, warmup: bool = False) -> str:
     return f"sandbox-pool-{node_id[:16]}-{digest}"
 
 
+class PoolClosed(RuntimeError):
+    """The pool retired before it took the job: nothing was run; use a sandbox of the job's own."""
+
+
 @ray.remote(num_cpus=0, max_concurrency=64)
 class SandboxPool:
     def __init__(self, spec: SandboxSpec, pool: PoolSpec):
@@ -62,7 +69,23 @@ class SandboxPool:
         self.idle: deque[Sandbox] = deque()
         self.starting = 0
         self.lock = threading.Lock()
+        self.active, self.last_used, self.closing = 0, time.monotonic(), False
         self._refill()
+        threading.Thread(target=self._retire_when_idle, args=(pool.idle_s,), daemon=True).start()
+
+    def _retire_when_idle(self, idle_s: float) -> None:
+        while True:
+            time.sleep(min(5.0, idle_s / 4))
+            with self.lock:
+                if self.active or time.monotonic() - self.last_used < idle_s:
+                    continue
+                self.closing = True
+                idle, self.idle = list(self.idle), deque()
+            for sandbox in idle:
+                sandbox.discard()
+            log.info("pool %s: no job for %g s; removing it", self.template.image, idle_s)
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            return
 
     def _refill(self) -> None:
         with self.lock:
@@ -79,8 +102,11 @@ class SandboxPool:
             sandbox = None
         with self.lock:
             self.starting -= 1
-            if sandbox is not None:
+            if sandbox is not None and not self.closing:
                 self.idle.append(sandbox)
+                return
+        if sandbox is not None:
+            sandbox.discard()
 
     def _take(self) -> Sandbox | None:
         with self.lock:
@@ -92,6 +118,18 @@ class SandboxPool:
         return None
 
     def run(self, spec: SandboxSpec, script: str) -> Outcome:
+        with self.lock:
+            if self.closing:
+                raise PoolClosed("the pool is being removed")
+            self.active += 1
+        try:
+            return self._run(spec, script)
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.last_used = time.monotonic()
+
+    def _run(self, spec: SandboxSpec, script: str) -> Outcome:
         sandbox = self._take()
         self._refill()
         if sandbox is None:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import ray
 
 from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
-from executors.pool import PoolSpec, pool_for
+from executors.pool import PoolClosed, PoolSpec, pool_for
 from executors.reaper import dead_ray_nodes, reap
 from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
 
@@ -33,7 +33,11 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
                 if restored.warnings:
                     outcome = replace(outcome, stderr="\n".join(restored.warnings) + "\n" + outcome.stderr)
         elif pool is not None and pool.size != 0:  # a pre-started sandbox from this node's pool
-            outcome: Outcome = ray.get(pool_for(spec, pool).run.remote(spec, script))
+            try:
+                outcome: Outcome = ray.get(pool_for(spec, pool).run.remote(spec, script))
+            except (PoolClosed, ray.exceptions.RayActorError):  # it retired (idle) or died: a sandbox of its own
+                stop_job_sandbox(spec.job_id)
+                outcome = run_sandbox(spec, script)
         else:
             outcome = run_sandbox(spec, script)
     except RestoreError as e:  # the script's packages: its own failure, told on its stderr

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     #: pooled runners compile a small program while they wait: ~0.3 s less per job at low load, but
     #: that much more CPU per job, which on small nodes slows bursts (off by default: see PERFORMANCE.md)
     pool_warmup: bool = False
+    #: a node's pool that had no job this long is removed, so that an autoscaler can remove the node
+    pool_idle_s: float = Field(120.0, gt=0)
     #: agent types the local head offers slots of (empty: all enabled ones)
     local_agent_types: Annotated[list[str], NoDecode] = []
     #: NuGet.Config XML with the feeds of jobs that give none (empty: such jobs have no feeds)

@@ -179,14 +179,17 @@ class Dispatcher:
                 pass
 
     async def _reap_forever(self) -> None:
-        """Has every node of an agent type remove its orphaned sandboxes, e.g. those a node left
-        behind when it was lost and its machine joined again."""
+        """Has each node of an agent type, once when it is first seen, remove the orphaned sandboxes
+        of its machine, e.g. those left when the machine's earlier node was lost. Once only: a task
+        on a node makes it busy, and an idle node must stay idle for an autoscaler to remove it."""
+        seen: set[str] = set()
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
-                nodes = await asyncio.to_thread(ray.nodes)
-                for n in nodes:
-                    if n["Alive"] and any(n["Resources"].get(t) for t in self.settings.agent_types):
+                for n in await asyncio.to_thread(ray.nodes):
+                    if (n["Alive"] and n["NodeID"] not in seen
+                            and any(n["Resources"].get(t) for t in self.settings.agent_types)):
+                        seen.add(n["NodeID"])
                         reap_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                             node_id=n["NodeID"], soft=False)).remote()
             except Exception:
@@ -229,7 +232,8 @@ class Dispatcher:
             spec = replace(sandbox_spec(self.settings, job.id, job.agent_type, config), attempt=attempt)
             # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
             custom = config is not None and (config.limits is not None or config.network is not None)
-            pool = None if custom else PoolSpec(job.agent_type, self.settings.pool_size, self.settings.pool_warmup)
+            pool = None if custom else PoolSpec(job.agent_type, self.settings.pool_size, self.settings.pool_warmup,
+                                                self.settings.pool_idle_s)
             args = (spec, runner_input(job.agent_type, payload.script, config), pool,
                     nuget_spec(self.settings, job.agent_type, config))
         except (ValueError, KeyError) as e:  # the deployment's settings changed since it was accepted

@@ -126,13 +126,14 @@ def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reap
     stored = stack.store.get(uuid.UUID(job_id))
     assert stored.node_id != first and stored.attempts == 2
 
-    # the lost node's machine joins again (a new Ray node): sandboxes the dead node started are reaped
-    stack.nodes.append(stack.cluster.add_node(num_cpus=1, resources={MONO: 2}))
-    stack.cluster.wait_for_nodes()
+    # the lost node's machine joins again (a new Ray node): sandboxes the dead node left are reaped
     orphan = SandboxSpec(job_id=f"orphan-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
                          node_id=first, limits=Limits(wall_time_s=120))
     subprocess.run(["docker", "create", *docker_run_args(orphan)[1:]], check=True, capture_output=True)
     try:
+        stack.nodes.append(stack.cluster.add_node(num_cpus=1, resources={MONO: 2}))
+        stack.cluster.wait_for_nodes()
+
         def left() -> list[str]:
             return subprocess.run(["docker", "ps", "-a", "--filter", f"label={LABEL}.node={first}", "--format",
                                    "{{.Names}}"], capture_output=True, text=True, check=True).stdout.split()

@@ -77,3 +77,32 @@ def test_the_pool_holds_one_warm_sandbox_per_slot_of_the_node(local_ray):
         left = pooled_containers() - before
         if left:
             subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
+
+
+def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_runs(local_ray):
+    before = pooled_containers()
+    s = spec()
+    quick = PoolSpec(MONO_6.name, size=1, idle_s=3)
+    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("once");', quick)
+    assert ray.get(list(gen)[-1])["outcome"].stdout == "once\n"
+    name = pool_name(ray.get_runtime_context().get_node_id(), s)
+    ray.get_actor(name, namespace=NAMESPACE)  # it exists, with a pre-started sandbox
+
+    def retired() -> None:  # no job for 3 s: it goes, and its sandboxes with it (the node is idle for the autoscaler)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                return
+            assert time.monotonic() < deadline, "the idle pool is still there"
+            time.sleep(0.5)
+
+    retired()
+    assert pooled_containers() - before == set()
+    again = spec()
+    gen = run_job.options(resources={MONO_6.name: 1}).remote(again, 'Console.WriteLine("again");', quick)
+    assert ray.get(list(gen)[-1])["outcome"].stdout == "again\n"  # a new pool
+    retired()
+    left = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
+    assert not {s.name, again.name} & set(left) and pooled_containers() - before == set()
