@@ -22,6 +22,9 @@ class AgentType:
     nuget: Target | None = None
     #: the runner reads a length-prefixed NuGet.Config ahead of the script on stdin (dotnet-7's run.sh)
     config_on_stdin: bool = False
+    #: the runner hands out what it compiled and runs it again when given it (csrun's CSRUN_ARTIFACTS):
+    #: repeated scripts skip the compiler
+    artifacts: bool = False
 
 
 MONO_6 = AgentType(
@@ -31,6 +34,7 @@ MONO_6 = AgentType(
     description="C# 7.2 scripts (.csx semantics) on Debian's Mono 6.8; builds offline",
     # Mono 6.8 runs .NET Framework 4.8 assemblies; Debian's Mono has no netstandard.dll facade
     nuget=Target(net=(4, 8), netstandard=None),
+    artifacts=True,
 )
 
 DOTNET_7 = AgentType(

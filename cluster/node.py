@@ -30,12 +30,20 @@ def parse_offer(text: str) -> tuple[str, int]:
     return name, n
 
 
-def node_resources(offers: dict[str, int]) -> dict[str, float]:
-    return {name: float(slots) for name, slots in offers.items() if slots > 0}
+#: the head advertises it and the API replicas ask for a sliver of it: they stay on the head, off
+#: the sandbox nodes (whose CPUs are the scripts', and which an autoscaler must be able to remove)
+API_RESOURCE = "dotnet-scripts-api"
+
+
+def node_resources(offers: dict[str, int], head: bool = False) -> dict[str, float]:
+    resources = {name: float(slots) for name, slots in offers.items() if slots > 0}
+    if head:
+        resources[API_RESOURCE] = 100.0
+    return resources
 
 
 def ray_start_args(role: str, offers: dict[str, int], address: str = "", port: int = 6379) -> list[str]:
-    args = [RAY, "start", "--resources", json.dumps(node_resources(offers))]
+    args = [RAY, "start", "--resources", json.dumps(node_resources(offers, head=role == "head"))]
     if role == "head":
         args += ["--head", f"--port={port}", "--dashboard-host=127.0.0.1"]
     else:

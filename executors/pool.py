@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import subprocess
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, remove_container, run_sandbox
+from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, remove_container
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,14 @@ class PoolSpec:
     #: after this long without a job the pool removes its sandboxes and its actor: Ray counts a
     #: node with a live actor as busy, and an autoscaler would never remove it
     idle_s: float = 120.0
+    #: compiled scripts kept for repeats (runners with CSRUN_ARTIFACTS); 0: none, every job compiles
+    cache_mb: int = 0
 
 
-def template(spec: SandboxSpec, warmup: bool = False) -> SandboxSpec:
+def template(spec: SandboxSpec, warmup: bool = False, artifacts: bool = False) -> SandboxSpec:
     """The spec of a pooled sandbox for jobs like `spec`: same everything but the job."""
-    return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300,
-                   env=(*spec.env, ("CSRUN_WARMUP", "1")) if warmup else spec.env)
+    env = (*spec.env, *([("CSRUN_WARMUP", "1")] if warmup else []), *([("CSRUN_ARTIFACTS", "1")] if artifacts else []))
+    return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300, env=env)
 
 
 def node_slots(agent_type: str) -> int:
@@ -52,9 +55,60 @@ def node_slots(agent_type: str) -> int:
     return next((int(n["Resources"].get(agent_type, 0)) for n in ray.nodes() if n["NodeID"] == node_id), 0)
 
 
-def pool_name(node_id: str, spec: SandboxSpec, warmup: bool = False) -> str:
-    digest = hashlib.sha256(repr(template(spec, warmup)).encode()).hexdigest()[:16]
+def pool_name(node_id: str, spec: SandboxSpec, warmup: bool = False, artifacts: bool = False) -> str:
+    digest = hashlib.sha256(repr(template(spec, warmup, artifacts)).encode()).hexdigest()[:16]
     return f"sandbox-pool-{node_id[:16]}-{digest}"
+
+
+class CompiledCache:
+    """Compiled scripts of this node's pool, by script text and image, least recently used first
+    out. An entry is what a runner wrote before the script it compiled ran (so no script can forge
+    it) and is only ever handed to a new sandbox's runner: nothing writable is shared between jobs."""
+
+    def __init__(self, max_bytes: int, image: str):
+        self.max_bytes, self.on = max_bytes, max_bytes > 0
+        # the image id covers the runner and the compiler: a rebuilt image never gets old entries
+        self.image_id = _image_id(image) if self.on else ""
+        self.entries: OrderedDict[str, bytes] = OrderedDict()
+        self.size = self.hits = self.misses = 0
+        self.lock = threading.Lock()
+
+    def key(self, script: str) -> str:
+        return hashlib.sha256(self.image_id.encode() + b"\0" + script.encode()).hexdigest()
+
+    def get(self, key: str) -> bytes | None:
+        if not self.on:
+            return None
+        with self.lock:
+            found = self.entries.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: str, artifact: bytes) -> None:
+        if not self.on or len(artifact) > self.max_bytes:
+            return
+        with self.lock:
+            if key in self.entries:
+                return
+            self.entries[key] = artifact
+            self.size += len(artifact)
+            while self.size > self.max_bytes:
+                _, dropped = self.entries.popitem(last=False)
+                self.size -= len(dropped)
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"entries": len(self.entries), "bytes": self.size, "hits": self.hits, "misses": self.misses}
+
+
+def _image_id(image: str) -> str:
+    res = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                         capture_output=True, text=True, timeout=30)
+    return res.stdout.strip() or image
 
 
 class PoolClosed(RuntimeError):
@@ -64,11 +118,14 @@ class PoolClosed(RuntimeError):
 @ray.remote(num_cpus=0, max_concurrency=64)
 class SandboxPool:
     def __init__(self, spec: SandboxSpec, pool: PoolSpec):
-        self.template = replace(template(spec, pool.warmup), node_id=ray.get_runtime_context().get_node_id())
+        self.template = replace(template(spec, pool.warmup, pool.cache_mb > 0),
+                                node_id=ray.get_runtime_context().get_node_id())
+        self.cache = CompiledCache(pool.cache_mb << 20, spec.image)
         self.size = pool.size if pool.size >= 0 else node_slots(pool.agent_type)
         self.idle: deque[Sandbox] = deque()
         self.starting = 0
         self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)  #: a pre-started sandbox came up, or failed to
         self.active, self.last_used, self.closing = 0, time.monotonic(), False
         self._refill()
         threading.Thread(target=self._retire_when_idle, args=(pool.idle_s,), daemon=True).start()
@@ -97,11 +154,15 @@ class SandboxPool:
     def _start_one(self) -> None:
         try:
             sandbox = Sandbox(replace(self.template, job_id=f"pool-{uuid.uuid4()}"))
+            if not sandbox.wait_started():
+                sandbox.discard()
+                raise SandboxError("the pre-started sandbox did not come up")
         except Exception:
             log.exception("could not pre-start a sandbox")
             sandbox = None
         with self.lock:
             self.starting -= 1
+            self.ready.notify()
             if sandbox is not None and not self.closing:
                 self.idle.append(sandbox)
                 return
@@ -109,13 +170,17 @@ class SandboxPool:
             sandbox.discard()
 
     def _take(self) -> Sandbox | None:
+        """An idle pre-started sandbox; if none is idle but some are coming up, the first of them
+        (it started before a cold one could); None: start a cold one."""
         with self.lock:
-            while self.idle:
-                sandbox = self.idle.popleft()
-                if sandbox.alive() and time.monotonic() - sandbox.created < MAX_IDLE_S:
-                    return sandbox
-                threading.Thread(target=sandbox.discard, daemon=True).start()
-        return None
+            while True:
+                while self.idle:
+                    sandbox = self.idle.popleft()
+                    if sandbox.alive() and time.monotonic() - sandbox.created < MAX_IDLE_S:
+                        return sandbox
+                    threading.Thread(target=sandbox.discard, daemon=True).start()
+                if not self.starting or not self.ready.wait(timeout=10):
+                    return None
 
     def run(self, spec: SandboxSpec, script: str) -> Outcome:
         with self.lock:
@@ -132,19 +197,30 @@ class SandboxPool:
     def _run(self, spec: SandboxSpec, script: str) -> Outcome:
         sandbox = self._take()
         self._refill()
-        if sandbox is None:
-            return run_sandbox(spec, script)  # none ready yet: a cold start, as without the pool
+        key = self.cache.key(script)
+        compiled = self.cache.get(key)
+        outcome = None
         try:
-            outcome = sandbox.run(script, name=spec.name, remove=False)
-        except SandboxGone:  # before the script reached it: a cold start instead
-            sandbox.discard()
-            return run_sandbox(spec, script)
+            if sandbox is not None:
+                try:
+                    outcome = sandbox.run(script, name=spec.name, remove=False, artifact=compiled,
+                                          keep_artifact=self.cache.on)
+                except SandboxGone:  # before the script reached it: a cold start instead
+                    sandbox.discard()
+            if outcome is None:  # none ready (or it was gone): a cold start, as without the pool
+                sandbox = Sandbox(replace(spec, env=(*spec.env, ("CSRUN_ARTIFACTS", "1")) if self.cache.on else spec.env))
+                outcome = sandbox.run(script, remove=False, artifact=compiled, keep_artifact=self.cache.on)
         except SandboxError:  # after: the job was stopped (DELETE) or the sandbox failed; never run it again
             remove_container(spec.name)
             raise
+        if compiled is None and sandbox.artifact is not None:
+            self.cache.put(key, sandbox.artifact)
         # the teardown of the used container is off the job's path, but always happens
         threading.Thread(target=remove_container, args=(spec.name,), daemon=True).start()
         return outcome
+
+    def cache_stats(self) -> dict:
+        return self.cache.stats()
 
     def capacity(self) -> int:
         return self.size
@@ -158,6 +234,6 @@ def pool_for(spec: SandboxSpec, pool: PoolSpec):
     """This node's pool for sandboxes like `spec` (created on first use, shared by the node's tasks)."""
     node_id = ray.get_runtime_context().get_node_id()
     return SandboxPool.options(
-        name=pool_name(node_id, spec, pool.warmup), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        name=pool_name(node_id, spec, pool.warmup, pool.cache_mb > 0), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
     ).remote(spec, pool)

@@ -128,22 +128,67 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
     ]
 
 
+#: how the runner (CSRUN_ARTIFACTS=1) frames the compiled script ahead of the script's output
+ARTIFACT_MAGIC = b"\0csrun-artifact "
+MAX_ARTIFACT_BYTES = 8 << 20  #: a larger compiled script is not kept
+
+
+def artifact_frame(artifact: bytes) -> bytes:
+    return ARTIFACT_MAGIC + f"{len(artifact)}\n".encode() + artifact
+
+
 class _CappedReader(threading.Thread):
-    """Reads a stream to its end, keeping at most `cap` bytes: memory stays flat on a flood."""
+    """Reads a stream to its end, keeping at most `cap` bytes: memory stays flat on a flood. With
+    `expect_frame` (set before the runner gets its input) an artifact frame at the very start is
+    taken apart from the output: the runner writes it before the script runs, so only there."""
 
     def __init__(self, stream, cap: int):
         super().__init__(daemon=True)
         self.stream, self.cap = stream, cap
         self.data = bytearray()
         self.truncated = False
+        self.expect_frame = False
+        self.frame: bytes | None = None
 
     def run(self) -> None:
+        first = self.stream.read1(65536)
+        if first and self.expect_frame:
+            first = self._take_frame(first)
+        self._keep(first)
         while chunk := self.stream.read1(65536):
-            room = self.cap - len(self.data)
-            if len(chunk) > room:
-                self.truncated = True
-            if room > 0:
-                self.data += chunk[:room]
+            self._keep(chunk)
+
+    def _take_frame(self, head: bytes) -> bytes:
+        """Removes the frame from the start of the stream; returns the output that follows it."""
+        n = len(ARTIFACT_MAGIC)
+        while (nl := head.find(b"\n", n)) < 0:
+            if not ARTIFACT_MAGIC.startswith(head[:n]) or len(head) > n + 12:
+                return head  # no frame (e.g. the compile failed): all output
+            more = self.stream.read1(65536)
+            if not more:
+                return head
+            head += more
+        if not head.startswith(ARTIFACT_MAGIC) or not head[n:nl].isdigit():
+            return head
+        length, body = int(head[len(ARTIFACT_MAGIC):nl]), bytearray(head[nl + 1:])
+        while len(body) < length:
+            more = self.stream.read1(min(65536, length - len(body)) if len(body) <= MAX_ARTIFACT_BYTES else 65536)
+            if not more:
+                return b""
+            if len(body) <= MAX_ARTIFACT_BYTES:
+                body += more
+            else:
+                length -= len(more)  # too large to keep: skipped
+        if length <= MAX_ARTIFACT_BYTES:
+            self.frame = bytes(body[:length])
+        return bytes(body[length:])
+
+    def _keep(self, chunk: bytes) -> None:
+        room = self.cap - len(self.data)
+        if len(chunk) > room:
+            self.truncated = True
+        if room > 0:
+            self.data += chunk[:room]
 
     def text(self) -> str:
         return self.data.decode("utf-8", errors="replace")
@@ -179,19 +224,36 @@ class Sandbox:
         self.err = _CappedReader(self.proc.stderr, spec.limits.output_bytes)
         self.out.start()
         self.err.start()
+        self.artifact: bytes | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, script: str, name: str | None = None, remove: bool = True) -> Outcome:
-        """Renames the container to `name` (a job's), hands it the script and waits for the end."""
+    def wait_started(self, timeout: float = 60.0) -> bool:
+        """Waits until its container runs (for the pool, off any job's path): a job renaming a
+        container that Docker has not created yet would have to start a cold one instead."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            state = _state(self.name)
+            if state and state.get("Running"):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def run(self, script: str, name: str | None = None, remove: bool = True, artifact: bytes | None = None,
+            keep_artifact: bool = False) -> Outcome:
+        """Renames the container to `name` (a job's), hands it the script and waits for the end.
+        With `artifact` the runner runs that compiled script instead of compiling; with
+        `keep_artifact` the one it compiles is kept in `self.artifact` (runners with CSRUN_ARTIFACTS)."""
         try:
             if name and name != self.name:
                 if _docker("rename", self.name, name).returncode != 0:
                     raise SandboxGone("the pre-started sandbox is gone")
                 self.name = name
             started = datetime.now(timezone.utc)
-            threading.Thread(target=_feed, args=(self.proc, script.encode()), daemon=True).start()
+            self.out.expect_frame = keep_artifact and artifact is None
+            data = (artifact_frame(artifact) if artifact is not None else b"") + script.encode()
+            threading.Thread(target=_feed, args=(self.proc, data), daemon=True).start()
             timed_out = False
             try:
                 self.proc.wait(timeout=self.spec.limits.wall_time_s)
@@ -202,6 +264,7 @@ class Sandbox:
             self.out.join(10)
             self.err.join(10)
             finished = datetime.now(timezone.utc)
+            self.artifact = self.out.frame
             state = _state(self.name)
             if state is None or (self.proc.returncode == DOCKER_ERROR and not state.get("StartedAt", "").strip("0-:TZ.")):
                 raise SandboxError(f"sandbox did not start: {self.err.text().strip()[:500]}")

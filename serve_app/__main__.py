@@ -31,7 +31,7 @@ def main() -> None:
         ray.init(address=settings.ray_address)
     else:
         offers = {t: settings.local_slots for t in (settings.local_agent_types or settings.agent_types)}
-        ray.init(resources=node_resources(offers), include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(resources=node_resources(offers, head=True), include_dashboard=True, dashboard_host="127.0.0.1")
     # the dispatcher (and the launcher that owns the runs) live near this process, on the head
     ray.get(dispatcher(settings, ray.get_runtime_context().get_node_id(), replace_other=True).ping.remote())
     serve.start(http_options={"host": settings.host, "port": settings.port})

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     pool_warmup: bool = False
     #: a node's pool that had no job this long is removed, so that an autoscaler can remove the node
     pool_idle_s: float = Field(120.0, gt=0)
+    #: compiled scripts each node's pool keeps, so a repeated script skips the compiler; 0: none
+    compile_cache_mb: int = Field(64, ge=0, le=4096)
     #: agent types the local head offers slots of (empty: all enabled ones)
     local_agent_types: Annotated[list[str], NoDecode] = []
     #: NuGet.Config XML with the feeds of jobs that give none (empty: such jobs have no feeds)

@@ -2,6 +2,7 @@
 node types, via cluster/fake_autoscaling.py): jobs for an agent type with no node make the
 autoscaler add one, they finish there, and the node goes when idle."""
 
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import yaml
 
 from cluster.agent_types import MONO_6
 from cluster.fake_autoscaling import CONFIG, HEAD, fake_config
-from cluster.node import RAY
+from cluster.node import RAY, node_resources
 from executors.reaper import reap
 from serve_app.store import JobStore
 from tests.conftest import Jobs
@@ -32,7 +33,8 @@ def test_the_fake_config_keeps_the_node_types_of_ray_cluster_yaml():
     cloud = yaml.safe_load(CONFIG.read_text())
     fake = fake_config(cloud, "10.0.0.1:7000", idle_timeout_minutes=0.5, min_workers=0)
     assert fake["provider"]["type"] == "fake_multinode" and fake["provider"]["gcs_address"] == "10.0.0.1:7000"
-    assert fake["head_node_type"] == HEAD and fake["available_node_types"][HEAD]["resources"] == {}
+    assert fake["head_node_type"] == HEAD
+    assert fake["available_node_types"][HEAD]["resources"] == cloud["available_node_types"]["head"]["resources"]
     for name, node_type in cloud["available_node_types"].items():
         if name != cloud["head_node_type"]:
             assert fake["available_node_types"][name]["resources"] == node_type["resources"]
@@ -68,7 +70,7 @@ def autoscaled(tmp_path_factory):
     env.update(RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="disabled")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = subprocess.run(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--resources={}", f"--temp-dir={temp}",
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--resources={json.dumps(node_resources({}, head=True))}", f"--temp-dir={temp}",
          f"--autoscaling-config={work / 'fake.yaml'}", "--include-dashboard=false", "--disable-usage-stats"],
         env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stdout + started.stderr

@@ -12,8 +12,10 @@ import httpx
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
 
 from cluster.agent_types import MONO_6
+from cluster.node import API_RESOURCE
 from executors.sandbox import LABEL, Limits, SandboxSpec, docker_run_args, remove_container
 from executors.reaper import reap
 from serve_app.store import JobStore
@@ -34,7 +36,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(pg_server, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})  # the head offers no agent type
+    # the head offers no agent type, only a place for the API (cluster/node.py)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {API_RESOURCE: 100}})
     nodes = [c.add_node(num_cpus=1, resources={MONO: 2}) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address)
@@ -75,6 +78,11 @@ def test_every_job_runs_on_a_node_of_its_agent_type_and_records_it(stack):
         job = stack.jobs.wait(job_id)
         assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"{i}\n", job
         assert stack.store.get(uuid.UUID(job_id)).node_id in offering  # never the head, which offers none
+    # and the API's replicas, the dispatcher and the launcher are on the head, off the sandbox nodes
+    head = stack.cluster.head_node.node_id
+    service = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+               if "JobService" in a.class_name or a.class_name in ("Dispatcher", "Launcher")]
+    assert len(service) == 4 and {a.node_id for a in service} == {head}, [(a.class_name, a.node_id) for a in service]
 
 
 def test_a_node_never_runs_more_sandboxes_than_its_slots(stack):
@@ -112,6 +120,27 @@ def test_killing_the_dispatcher_during_a_burst_loses_no_job_and_runs_none_twice(
     for job_id in ids:
         assert starts.of(job_id) == 1, f"job {job_id} got {starts.of(job_id)} sandboxes"
         assert stack.store.get(uuid.UUID(job_id)).attempts == 1
+
+
+def test_an_api_replica_killed_mid_burst_loses_nothing(stack):
+    ids = [submit(stack, f'System.Threading.Thread.Sleep(500); Console.WriteLine("r{i}");') for i in range(8)]
+    replica = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if "JobService" in a.class_name)
+    ray.kill(ray.get_actor(replica.name, namespace=replica.ray_namespace), no_restart=True)  # Serve starts another
+
+    def ended(job_id: str) -> bool:
+        try:
+            r = stack.jobs.client.get(f"/jobs/{job_id}/status")  # the other replica answers meanwhile
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200 and r.json()["status"] in ("FINISHED", "REJECTED")
+
+    for job_id in ids:
+        wait_until(lambda: ended(job_id), 120, f"job {job_id} ended")
+    for i, job_id in enumerate(ids):  # the jobs never depended on the replica that took them
+        job = stack.jobs.wait(job_id)
+        assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"r{i}\n", job
+    wait_until(lambda: len([a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+                            if "JobService" in a.class_name]) == 2, 60, "Serve replaced the replica")
 
 
 def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reaped(stack):

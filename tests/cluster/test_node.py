@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cluster.node import node_resources, parse_offer, ray_start_args
+from cluster.node import API_RESOURCE, node_resources, parse_offer, ray_start_args
 
 
 def test_parse_offer():
@@ -21,6 +21,7 @@ def test_slots_become_the_custom_resource_count():
 def test_ray_start_args():
     head = ray_start_args("head", {"linux-amd64-mono-6": 2})
     assert "--head" in head
-    assert json.loads(head[head.index("--resources") + 1]) == {"linux-amd64-mono-6": 2.0}
+    assert json.loads(head[head.index("--resources") + 1]) == {"linux-amd64-mono-6": 2.0, API_RESOURCE: 100.0}
     worker = ray_start_args("worker", {"linux-amd64-mono-6": 2}, address="10.0.0.1:6379")
     assert "--address=10.0.0.1:6379" in worker and "--head" not in worker
+    assert API_RESOURCE not in worker[worker.index("--resources") + 1]  # the API stays on the head

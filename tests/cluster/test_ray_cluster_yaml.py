@@ -6,6 +6,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from cluster.agent_types import CATALOGUE
+from cluster.node import API_RESOURCE
 
 CONFIG = Path(__file__).resolve().parents[2] / "ray-cluster.yaml"
 
@@ -16,7 +17,8 @@ def test_ray_validates_the_cluster_config():
     types = cfg["available_node_types"]
     for name in CATALOGUE:
         assert types[name]["resources"].get(name, 0) >= 1, name
-    assert cfg["head_node_type"] == "head" and not types["head"]["resources"]
+    assert cfg["head_node_type"] == "head"
+    assert types["head"]["resources"] == {API_RESOURCE: 100}  # the API's replicas, and no sandboxes
 
 
 def test_the_cluster_has_gcs_fault_tolerance_and_installs_the_sandbox():

@@ -106,3 +106,24 @@ def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_run
     retired()
     left = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
     assert not {s.name, again.name} & set(left) and pooled_containers() - before == set()
+
+
+def test_a_repeated_script_runs_from_the_pools_compiled_cache(local_ray):
+    before = pooled_containers()
+    cached = PoolSpec(MONO_6.name, size=1, cache_mb=8, idle_s=3)
+    script = 'WriteLine("from the cache? " + (1 + 1)); int unused = 0;'
+    outcomes = []
+    for _ in range(2):
+        s = spec()
+        gen = run_job.options(resources={MONO_6.name: 1}).remote(s, script, cached)
+        outcomes.append(ray.get(list(gen)[-1])["outcome"])
+    first, again = outcomes
+    assert (again.exit_code, again.stdout, again.stderr) == (first.exit_code, first.stdout, first.stderr)
+    assert first.stdout == "from the cache? 2\n" and "CS0219" in first.stderr  # its warning is replayed too
+    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, artifacts=True), namespace=NAMESPACE)
+    stats = ray.get(pool.cache_stats.remote())
+    assert stats["entries"] == 1 and stats["hits"] == 1 and stats["misses"] == 1
+    deadline = time.monotonic() + 30
+    while pooled_containers() - before:  # the pool retires when idle and takes its sandboxes along
+        assert time.monotonic() < deadline
+        time.sleep(0.5)

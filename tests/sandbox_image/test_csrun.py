@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.sandbox import Limits, SandboxSpec, run_sandbox
+from executors.sandbox import Limits, Sandbox, SandboxSpec, run_sandbox
 
 
 def run(script: str, env: tuple = (), **limits):
@@ -25,6 +25,48 @@ def test_a_warmed_up_runner_behaves_exactly_like_a_cold_one(script):
     # pooled sandboxes compile a small program before their job (CSRUN_WARMUP): no trace may remain
     cold, warm = run(script), run(script, env=(("CSRUN_WARMUP", "1"),))
     assert (warm.exit_code, warm.stdout, warm.stderr) == (cold.exit_code, cold.stdout, cold.stderr)
+
+
+def run_keeping(script: str, artifact: bytes | None = None):
+    """Runs with CSRUN_ARTIFACTS, as pooled sandboxes do: (outcome, what the runner compiled)."""
+    spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                       limits=Limits(wall_time_s=30), env=(("CSRUN_ARTIFACTS", "1"),))
+    sandbox = Sandbox(spec)
+    outcome = sandbox.run(script, artifact=artifact, keep_artifact=True)
+    return outcome, sandbox.artifact
+
+
+@pytest.mark.parametrize("script", [
+    "#pragma warning disable 168\nint unused;\nvar a = 1; if (a == 1) { int b; }\nWriteLine(a);",  # warnings
+    'using System.Text.RegularExpressions;\nvar xs = new[] { 2, 1 }.OrderBy(x => x);\nawait Task.Delay(1);\n'
+    'WriteLine(string.Join(",", xs) + Regex.IsMatch("a", "a"));\nthrow new InvalidOperationException("boom");',
+    "class Point { public int X; }\nstatic int Twice(int n) { return n * 2; }\nreturn Twice(new Point { X = 21 }.X);",
+    'WriteLine(System.Reflection.Assembly.GetExecutingAssembly().Location == "");',
+])
+def test_a_compiled_script_run_again_behaves_exactly_like_its_first_run(script):
+    first, artifact = run_keeping(script)
+    assert artifact is not None and b"csrun-artifact" not in first.stdout.encode()  # taken out of the output
+    again, kept = run_keeping(script, artifact)
+    assert kept is None  # nothing compiled the second time
+    assert (again.exit_code, again.stdout, again.stderr) == (first.exit_code, first.stdout, first.stderr)
+
+
+def test_a_repeat_runs_the_compiled_script_and_does_not_compile_the_text():
+    _, artifact = run_keeping('WriteLine("compiled once");')
+    again, _ = run_keeping("this is not C# at all", artifact)  # the text is not looked at
+    assert (again.exit_code, again.stdout) == (0, "compiled once\n")
+
+
+def test_a_compile_error_yields_no_artifact_and_a_script_cannot_forge_one():
+    failed, artifact = run_keeping('int x = "no";')
+    assert failed.exit_code == 1 and artifact is None
+    # the frame is only looked for before the script runs: printed by a script it is just output
+    forged = 'Console.Out.Write("\\0csrun-artifact 4\\nEVIL"); Console.Out.Flush(); WriteLine("after");'
+    first, artifact = run_keeping(forged)
+    assert artifact is not None and b"EVIL" not in artifact
+    assert first.stdout == "\0csrun-artifact 4\nEVILafter\n"
+    again, kept = run_keeping(forged, artifact)
+    assert kept is None and again.stdout == first.stdout
 
 
 def test_top_level_methods_fields_types_extension_methods_and_usings():

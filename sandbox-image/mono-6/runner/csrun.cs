@@ -12,6 +12,11 @@
 // which csrun references when compiling and loads when the script needs them.
 // Exit code: the script's `return N;`, Environment.Exit(n) or Environment.ExitCode; 1 for a compile
 // error or an uncaught exception. Compiler errors and warnings go to stderr.
+// Compiled-script cache (CSRUN_ARTIFACTS=1): after a successful compile, and before any of the
+// script's code runs, csrun writes the compiled script (assembly, debug symbols, compiler messages)
+// to stdout as one frame, "\0csrun-artifact <length>\n" + bytes, which the service keeps and strips.
+// Given such a frame ahead of the script on stdin, csrun runs it instead of compiling. Being written
+// before the script runs, the frame cannot be forged by the script.
 // Written for C# 7.2 (what Mono 6.8's mcs accepts), without local functions.
 using System;
 using System.Collections.Generic;
@@ -53,8 +58,19 @@ public static class CsRun
         string buildDir = Environment.GetEnvironmentVariable("CSRUN_BUILD_DIR");
         if (string.IsNullOrEmpty(buildDir)) buildDir = Path.Combine(Path.GetTempPath(), "csrun-build");
         if (Environment.GetEnvironmentVariable("CSRUN_WARMUP") == "1") WarmUp(buildDir);
-        string source = ReadAllStdin();
+        bool artifacts = Environment.GetEnvironmentVariable("CSRUN_ARTIFACTS") == "1";
+        byte[] input = ReadAllStdin();
         Console.SetIn(TextReader.Null);
+        buildDirectory = Path.GetFullPath(buildDir).TrimEnd('/');
+
+        int offset = 0;
+        Artifact cached = artifacts ? Artifact.FromFrame(input, out offset) : null;
+        if (cached != null)
+        {
+            Console.Error.Write(cached.Messages);
+            return Execute(Assembly.Load(cached.Assembly, cached.Symbols), cached.IsAsync);
+        }
+        string source = new UTF8Encoding(false).GetString(input, offset, input.Length - offset);
 
         Program program;
         try { program = Transform(source); }
@@ -62,11 +78,71 @@ public static class CsRun
         if (mode == "transform") { Console.Out.Write(program.Text); return 0; }
 
         Directory.CreateDirectory(buildDir);
-        buildDirectory = Path.GetFullPath(buildDir).TrimEnd('/');
         string exe = Path.Combine(buildDir, "script.dll");
-        if (!Compile(program.Text, Path.Combine(buildDir, "script.cs"), exe)) return 1;
+        string messages;
+        bool ok = Compile(program.Text, Path.Combine(buildDir, "script.cs"), exe, out messages);
+        Console.Error.Write(messages);
+        if (!ok) return 1;
         if (mode == "compile") return 0;
-        return Execute(exe, program.IsAsync);
+        if (!artifacts) return Execute(Assembly.LoadFile(exe), program.IsAsync);
+        // loaded from bytes, as a cached one is: the script cannot tell a first run from a repeat
+        var made = new Artifact {
+            Assembly = File.ReadAllBytes(exe), Symbols = File.ReadAllBytes(exe + ".mdb"),
+            Messages = messages, IsAsync = program.IsAsync,
+        };
+        File.Delete(exe);
+        File.Delete(exe + ".mdb");
+        made.WriteFrame();
+        return Execute(Assembly.Load(made.Assembly, made.Symbols), made.IsAsync);
+    }
+
+    public sealed class Artifact
+    {
+        const string Magic = "\0csrun-artifact ";
+        public byte[] Assembly, Symbols;
+        public string Messages = "";
+        public bool IsAsync;
+
+        public void WriteFrame()
+        {
+            var body = new MemoryStream();
+            var w = new BinaryWriter(body, new UTF8Encoding(false));
+            w.Write(Assembly.Length); w.Write(Assembly);
+            w.Write(Symbols.Length); w.Write(Symbols);
+            w.Write(Messages);
+            w.Write(IsAsync);
+            w.Flush();
+            byte[] head = Encoding.ASCII.GetBytes(Magic + body.Length + "\n");
+            var stdout = Console.OpenStandardOutput();
+            stdout.Write(head, 0, head.Length);
+            body.WriteTo(stdout);
+            stdout.Flush();
+        }
+
+        // the artifact framed at the start of `input` (offset: where the script begins), or null
+        public static Artifact FromFrame(byte[] input, out int offset)
+        {
+            offset = 0;
+            byte[] magic = Encoding.ASCII.GetBytes(Magic);
+            if (input.Length < magic.Length) return null;
+            for (int i = 0; i < magic.Length; i++) if (input[i] != magic[i]) return null;
+            int nl = Array.IndexOf(input, (byte)'\n', magic.Length);
+            int length;
+            if (nl < 0 || !int.TryParse(Encoding.ASCII.GetString(input, magic.Length, nl - magic.Length), out length)
+                || length < 0 || nl + 1 + length > input.Length) return null;
+            try
+            {
+                var r = new BinaryReader(new MemoryStream(input, nl + 1, length), new UTF8Encoding(false));
+                var a = new Artifact();
+                a.Assembly = r.ReadBytes(r.ReadInt32());
+                a.Symbols = r.ReadBytes(r.ReadInt32());
+                a.Messages = r.ReadString();
+                a.IsAsync = r.ReadBoolean();
+                offset = nl + 1 + length;
+                return a;
+            }
+            catch (Exception) { return null; }
+        }
     }
 
     // A pre-started sandbox waits for its script anyway: compiling a small program first JIT-compiles
@@ -96,16 +172,33 @@ public static class CsRun
         }
     }
 
-    static string ReadAllStdin()
+    static byte[] ReadAllStdin()
     {
         using (var stdin = Console.OpenStandardInput())
-        using (var reader = new StreamReader(stdin, new UTF8Encoding(false)))
-            return reader.ReadToEnd();
+        using (var all = new MemoryStream())
+        {
+            stdin.CopyTo(all);
+            byte[] bytes = all.ToArray();
+            int bom = bytes.Length >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF ? 3 : 0;
+            if (bom == 0) return bytes;
+            var rest = new byte[bytes.Length - bom];
+            Array.Copy(bytes, bom, rest, 0, rest.Length);
+            return rest;
+        }
     }
 
     // ---- compile and run ----------------------------------------------------------------------
 
     static bool Compile(string text, string csPath, string exePath)
+    {
+        string messages;
+        bool ok = Compile(text, csPath, exePath, out messages);
+        Console.Error.Write(messages);
+        return ok;
+    }
+
+    // compiler errors and warnings come back in `messages`, one per line
+    static bool Compile(string text, string csPath, string exePath, out string messages)
     {
         File.WriteAllText(csPath, text, new UTF8Encoding(false));
         var argv = new List<string> {
@@ -131,21 +224,22 @@ public static class CsRun
             bool compiled = (bool)driverType.GetMethod("Compile", BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic).Invoke(driver, null);
             ok = compiled && printer.ErrorsCount == 0;
         }
+        var shown = new StringBuilder();
         foreach (var line in compilerOutput.ToString().Split('\n'))
         {
             string l = line.TrimEnd('\r');
             if (l.Length == 0 || l.StartsWith("Compilation succeeded") || l.StartsWith("Compilation failed")) continue;
             // mcs prints the file name we gave it for messages outside #line regions; show the script's
-            Console.Error.WriteLine(l.Replace(Path.GetDirectoryName(csPath) + "/", ""));
+            shown.Append(l.Replace(Path.GetDirectoryName(csPath) + "/", "")).Append('\n');
         }
+        messages = shown.ToString();
         return ok && File.Exists(exePath);
     }
 
-    static int Execute(string exe, bool isAsync)
+    static int Execute(Assembly assembly, bool isAsync)
     {
         if (PackageReferences != null)
             AppDomain.CurrentDomain.AssemblyResolve += ResolvePackageAssembly;
-        var assembly = Assembly.LoadFile(exe);
         var entry = assembly.GetType(ClassName).GetMethod(EntryName, BindingFlags.Public | BindingFlags.Static);
         int code;
         try
