@@ -137,6 +137,7 @@ class Dispatcher:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.launcher = launcher(self.node_id)
         self.following: dict[uuid.UUID, tuple[str, int]] = {}  #: job → (agent type, attempt)
+        self.waiters: dict[str, asyncio.Event] = {}  #: long-polls waiting for a job's end
         self.wake = asyncio.Event()
         self.main = asyncio.get_running_loop().create_task(self._main())
         self.reaper = asyncio.get_running_loop().create_task(self._reap_forever())
@@ -148,8 +149,25 @@ class Dispatcher:
     def ping(self) -> dict:
         return {"settings": settings_digest(self.settings), "following": len(self.following)}
 
+    async def wait_end(self, job_id: str, seconds: float) -> None:
+        """Returns when the job has ended (or is gone), or after `seconds`: long-polls without Redis."""
+        ended = self.waiters.setdefault(job_id, asyncio.Event())
+        job = await asyncio.to_thread(self.store.get, uuid.UUID(job_id))  # it may have ended already
+        if job is None or job.status in (JobStatus.FINISHED, JobStatus.REJECTED):
+            return
+        try:
+            await asyncio.wait_for(ended.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _ended(self, job_id: uuid.UUID) -> None:
+        ended = self.waiters.pop(str(job_id), None)
+        if ended is not None:
+            ended.set()
+
     async def stop(self, job_id: str, node_id: str | None) -> None:
         """Stops a job's run wherever it is: its task if still waiting, its sandbox if started."""
+        self._ended(uuid.UUID(job_id))  # deleted, or REJECTED by a replica's sweep
         await self.launcher.cancel.remote(job_id)
         if not node_id:
             return
@@ -294,6 +312,7 @@ class Dispatcher:
         if item["event"] == "FINISHED":
             result = result_from_outcome(item["outcome"])
             if await asyncio.to_thread(self.store.transition, job_id, JobStatus.FINISHED, result=result):
+                self._ended(job_id)
                 await self.events.publish(job_id, JobStatus.FINISHED.value)
                 log.info("job %s FINISHED finishedWith=%s exitCode=%s stdout=<CONTENT OMITTED> stderr=<CONTENT OMITTED>",
                          job_id, result.finished_with.value, result.exit_code)
@@ -316,6 +335,7 @@ class Dispatcher:
     async def _reject(self, job_id: uuid.UUID, reason: str) -> None:
         if await asyncio.to_thread(self.store.transition, job_id, JobStatus.REJECTED, reason=reason):
             log.info("job %s REJECTED reason=%s", job_id, reason)
+            self._ended(job_id)
             await self.events.publish(job_id, JobStatus.REJECTED.value)
 
 
@@ -344,6 +364,9 @@ class DispatcherClient:
 
     def stop(self, job_id: uuid.UUID, node_id: str | None) -> None:
         self.handle.stop.remote(str(job_id), node_id)
+
+    async def wait_end(self, job_id: uuid.UUID, seconds: float) -> None:
+        await asyncio.wait_for(self.handle.wait_end.remote(str(job_id), seconds), seconds + 5)
 
     async def ping(self, timeout: float = 2.0) -> dict:
         try:

@@ -1,6 +1,7 @@
 """Job events over Redis pub/sub, so a long-polling client hears of its job's end on whichever
-replica it waits. Redis is optional: without it (or while it is down) waiting falls back to
-reading the database every `FALLBACK_POLL_S`."""
+replica it waits. Redis is optional: without it (or while it is down) the replica asks the
+dispatcher, which records every end, to tell it; failing that it reads the database every
+`FALLBACK_POLL_S`."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ class Events:
         except (RedisError, OSError) as e:
             log.warning("could not publish job event (%s); waiting clients fall back to the database", type(e).__name__)
 
-    async def wait(self, job_id: uuid.UUID, seconds: float, ended: Callable[[], Awaitable[bool]]) -> None:
-        """Returns when `ended()` holds or `seconds` have passed, whichever is first."""
+    async def wait(self, job_id: uuid.UUID, seconds: float, ended: Callable[[], Awaitable[bool]],
+                   fallback: Callable[[uuid.UUID, float], Awaitable[None]] | None = None) -> None:
+        """Returns when `ended()` holds or `seconds` have passed, whichever is first. Without Redis,
+        `fallback(job_id, seconds)` (the dispatcher) is asked before the database is polled."""
         deadline = time.monotonic() + seconds
         if self.client is not None:
             try:
@@ -49,7 +52,13 @@ class Events:
                             return
                     return
             except (RedisError, OSError) as e:
-                log.warning("Redis unavailable while waiting (%s); polling the database", type(e).__name__)
+                log.warning("Redis unavailable while waiting (%s); asking the dispatcher", type(e).__name__)
+        if fallback is not None and (left := deadline - time.monotonic()) > 0:
+            try:
+                await fallback(job_id, left)
+                return
+            except Exception as e:  # the dispatcher is restarting: the database still knows
+                log.warning("the dispatcher could not be asked (%s); polling the database", type(e).__name__)
         while not await ended() and time.monotonic() < deadline:
             await asyncio.sleep(min(FALLBACK_POLL_S, max(0.0, deadline - time.monotonic())))
 

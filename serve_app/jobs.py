@@ -112,7 +112,7 @@ async def get_job_result(
             current = await asyncio.to_thread(svc.store.get, job.id)
             return current is None or current.status in (JobStatus.FINISHED, JobStatus.REJECTED)
 
-        await svc.events.wait(job.id, wait, ended)
+        await svc.events.wait(job.id, wait, ended, fallback=svc.dispatcher.wait_end)
     job = await asyncio.to_thread(_fetched, svc, job_id)
     return JobResultView(job_id=job.id, result=job.result())
 

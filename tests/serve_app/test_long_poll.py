@@ -1,5 +1,5 @@
-"""GET /jobs/{id}/result?wait=N answers the moment the job ends (Redis events), and still works,
-by reading the database, when Redis is gone."""
+"""GET /jobs/{id}/result?wait=N answers the moment the job ends (Redis events), and still does,
+told by the dispatcher, when Redis is gone."""
 
 import time
 import uuid
@@ -59,8 +59,17 @@ def test_without_redis_the_api_still_works_and_health_says_so(redis_and_client):
     proc, client = redis_and_client
     proc.terminate()
     proc.wait(10)
-    job_id = submit(client, 'Console.WriteLine("still here");')
+    job_id = submit(client, 'System.Threading.Thread.Sleep(1500); Console.WriteLine("still here");')
     r = client.get(f"/jobs/{job_id}/result", params={"wait": 30})
+    answered = datetime.now(timezone.utc)
     assert r.status_code == 200 and r.json()["result"]["stdout"] == "still here\n"
+    # the dispatcher tells the waiting replica instead: still at once, not on a database poll
+    finished = datetime.fromisoformat(r.json()["result"]["finishedAt"].replace("Z", "+00:00"))
+    assert (answered - finished).total_seconds() < 1.0
+    start = time.monotonic()  # and a wait for a job that does not end still lasts `wait` seconds
+    slow = submit(client, "System.Threading.Thread.Sleep(20000);")
+    assert client.get(f"/jobs/{slow}/result", params={"wait": 2}).json()["result"] is None
+    assert 2 <= time.monotonic() - start < 4
+    assert client.delete(f"/jobs/{slow}").status_code == 200
     health = client.get("/actuator/health").json()
     assert health["status"] == "UP" and health["components"]["redis"]["status"] == "DOWN"
