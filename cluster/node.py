@@ -35,6 +35,19 @@ def parse_offer(text: str) -> tuple[str, int]:
 API_RESOURCE = "dotnet-scripts-api"
 
 
+def on_the_head(near_node_id: str | None = None) -> dict:
+    """Ray actor options that keep a service actor (API replica, dispatcher, launcher) on the head
+    when the cluster has one made for the API; otherwise near `near_node_id` (e.g. the driver's)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if ray.cluster_resources().get(API_RESOURCE):
+        return {"resources": {API_RESOURCE: 0.01}}
+    if near_node_id:
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=near_node_id, soft=True)}
+    return {}
+
+
 def node_resources(offers: dict[str, int], head: bool = False) -> dict[str, float]:
     resources = {name: float(slots) for name, slots in offers.items() if slots > 0}
     if head:

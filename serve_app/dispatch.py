@@ -12,6 +12,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.agent_types import CATALOGUE
+from cluster.node import on_the_head
 from executors import nuget_config
 from executors.nuget_restore import NuGetSpec
 from executors.pool import PoolSpec
@@ -340,12 +341,11 @@ class Dispatcher:
 
 
 def dispatcher(settings: Settings, node_id: str | None = None, replace_other: bool = False):
-    """The cluster's dispatcher, created on first use (near `node_id` when given). With
+    """The cluster's dispatcher, created on first use on the head (or near `node_id`). With
     `replace_other`, one running with other settings (an earlier deployment) is replaced; the runs
     it started go on and the new one follows them."""
-    strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True) if node_id else None
     make = Dispatcher.options(name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                              scheduling_strategy=strategy)
+                              **on_the_head(node_id))
     handle = make.remote(settings.model_dump())
     if replace_other and ray.get(handle.ping.remote())["settings"] != settings_digest(settings):
         ray.kill(handle, no_restart=True)

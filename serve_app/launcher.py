@@ -14,6 +14,7 @@ import logging
 
 import ray
 
+from cluster.node import on_the_head
 from executors.task import run_job
 
 log = logging.getLogger("dotnet_scripts.launcher")
@@ -85,9 +86,6 @@ class Launcher:
 
 
 def launcher(node_id: str | None = None):
-    """The cluster's launcher, created on first use (near `node_id` when given)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True) if node_id else None
+    """The cluster's launcher, created on first use on the head (or near `node_id`)."""
     return Launcher.options(name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                            scheduling_strategy=strategy).remote()
+                            **on_the_head(node_id)).remote()
