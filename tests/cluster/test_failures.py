@@ -170,3 +170,21 @@ def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reap
         wait_until(lambda: not left(), 30, "the dead node's sandboxes were reaped")
     finally:
         remove_container(orphan.name)
+
+
+def test_a_job_whose_second_run_is_lost_too_is_rejected_with_the_reason(stack):
+    job_id = submit(stack, 'System.Threading.Thread.Sleep(15000); Console.WriteLine("never");')
+    lost = []
+    for attempt in (1, 2):  # each time it runs, its node goes
+        def running_anew() -> bool:
+            job = stack.store.get(uuid.UUID(job_id))
+            return job.status.value == "RUNNING" and job.attempts == attempt and job.node_id not in lost
+
+        wait_until(running_anew, 60, f"run {attempt} started")
+        lost.append(stack.store.get(uuid.UUID(job_id)).node_id)
+        victim = next(n for n in stack.nodes if n.node_id == lost[-1])
+        stack.cluster.remove_node(victim)
+        stack.nodes.remove(victim)
+    job = stack.jobs.wait(job_id, timeout=60)
+    assert job["status"] == "REJECTED" and job["result"] is None, job
+    assert "its node or worker was lost" in job["rejectedReason"] and "tried 2 times" in job["rejectedReason"]
