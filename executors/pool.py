@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
 import threading
 import time
 import uuid
@@ -20,7 +19,7 @@ from dataclasses import dataclass, replace
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, remove_container
+from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, _docker, remove_container
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +105,7 @@ class CompiledCache:
 
 
 def _image_id(image: str) -> str:
-    res = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
-                         capture_output=True, text=True, timeout=30)
-    return res.stdout.strip() or image
+    return _docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip() or image
 
 
 class PoolClosed(RuntimeError):

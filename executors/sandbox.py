@@ -170,15 +170,15 @@ class _CappedReader(threading.Thread):
             head += more
         if not head.startswith(ARTIFACT_MAGIC) or not head[n:nl].isdigit():
             return head
-        length, body = int(head[len(ARTIFACT_MAGIC):nl]), bytearray(head[nl + 1:])
-        while len(body) < length:
-            more = self.stream.read1(min(65536, length - len(body)) if len(body) <= MAX_ARTIFACT_BYTES else 65536)
+        length, body = int(head[n:nl]), bytearray(head[nl + 1:])
+        got = len(body)
+        while got < length:
+            more = self.stream.read1(min(65536, length - got))
             if not more:
                 return b""
-            if len(body) <= MAX_ARTIFACT_BYTES:
+            got += len(more)
+            if len(body) <= MAX_ARTIFACT_BYTES:  # a larger one is read to its end but not kept
                 body += more
-            else:
-                length -= len(more)  # too large to keep: skipped
         if length <= MAX_ARTIFACT_BYTES:
             self.frame = bytes(body[:length])
         return bytes(body[length:])

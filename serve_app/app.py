@@ -15,7 +15,7 @@ import ray
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.node import API_RESOURCE, on_the_head
+from cluster.node import on_the_head
 from serve_app import deps, health, jobs, policies
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.dispatch import DispatcherClient, agent_profile, dispatcher
@@ -139,7 +139,5 @@ class JobService:
 
 
 def build(settings: Settings):
-    options = {"num_cpus": 0}
-    if ray.cluster_resources().get(API_RESOURCE):  # a head made for the API (cluster/node.py): the replicas stay there
-        options.update(on_the_head())
+    options = {"num_cpus": 0, **on_the_head()}  # on a head made for the API (cluster/node.py), if there is one
     return JobService.options(num_replicas=settings.serve_replicas, ray_actor_options=options).bind(settings.model_dump())

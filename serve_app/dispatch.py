@@ -154,7 +154,7 @@ class Dispatcher:
         """Returns when the job has ended (or is gone), or after `seconds`: long-polls without Redis."""
         ended = self.waiters.setdefault(job_id, asyncio.Event())
         job = await asyncio.to_thread(self.store.get, uuid.UUID(job_id))  # it may have ended already
-        if job is None or job.status in (JobStatus.FINISHED, JobStatus.REJECTED):
+        if job is None or job.status.ended:
             return
         try:
             await asyncio.wait_for(ended.wait(), seconds)
@@ -271,24 +271,8 @@ class Dispatcher:
         asyncio.get_running_loop().create_task(self._track(job_id, attempt))
 
     async def _track(self, job_id: uuid.UUID, attempt: int) -> None:
-        seen, why = 0, None
         try:
-            while why is None:
-                try:
-                    events = await self.launcher.events.remote(str(job_id), seen)
-                except ray.exceptions.RayActorError:  # the launcher died, and the tasks it owned
-                    events = None
-                if events is None:
-                    why = "its run was lost with the service's launcher"
-                    break
-                for item in events:
-                    seen += 1
-                    if item["event"] == "LOST":
-                        why = "" if item["cancelled"] else f"its node or worker was lost ({item['error']})"
-                        break
-                    if await self._record(job_id, item):
-                        why = ""
-                        break
+            why = await self._record_run(job_id)
         except Exception:
             log.exception("dispatcher: following job %s failed", job_id)
             why = "the service lost track of its run"
@@ -302,6 +286,23 @@ class Dispatcher:
             pass
         if why:
             await self._lost(job_id, why)
+
+    async def _record_run(self, job_id: uuid.UUID) -> str:
+        """Records a run's events until it ends; why it ended without an outcome ("": it did not)."""
+        seen = 0
+        while True:
+            try:
+                events = await self.launcher.events.remote(str(job_id), seen)
+            except ray.exceptions.RayActorError:  # the launcher died, and the tasks it owned
+                events = None
+            if events is None:
+                return "its run was lost with the service's launcher"
+            for item in events:
+                seen += 1
+                if item["event"] == "LOST":
+                    return "" if item["cancelled"] else f"its node or worker was lost ({item['error']})"
+                if await self._record(job_id, item):
+                    return ""
 
     async def _record(self, job_id: uuid.UUID, item: dict) -> bool:
         """Records a run's event; True when the run has ended."""
@@ -325,7 +326,7 @@ class Dispatcher:
     async def _lost(self, job_id: uuid.UUID, why: str) -> None:
         """A run ended without an outcome: tried once more if it may be, else REJECTED."""
         job = await asyncio.to_thread(self.store.get, job_id)
-        if job is None or job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
+        if job is None or job.status.ended:
             return
         if job.attempts < MAX_ATTEMPTS and await asyncio.to_thread(self.store.requeue, job_id):
             log.warning("job %s: %s; trying it again", job_id, why)

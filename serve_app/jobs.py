@@ -10,7 +10,7 @@ from executors import nuget_config
 from serve_app.deps import Services, get_services
 from serve_app.dispatch import job_profile
 from serve_app.models import (
-    Job, JobCreated, JobStatus, JobRequest, JobRequestView, JobResultView, JobStatusView, JobView, Message,
+    Job, JobCreated, JobRequest, JobRequestView, JobResultView, JobStatusView, JobView, Message,
 )
 
 log = logging.getLogger("dotnet_scripts.jobs")
@@ -106,11 +106,11 @@ async def get_job_result(
 ):
     """The result; null until the job is FINISHED. With `wait`, answers the moment the job ends."""
     job = await asyncio.to_thread(_job, svc, job_id)
-    if wait and job.status in (JobStatus.PENDING, JobStatus.RUNNING):
+    if wait and not job.status.ended:
 
         async def ended() -> bool:
             current = await asyncio.to_thread(svc.store.get, job.id)
-            return current is None or current.status in (JobStatus.FINISHED, JobStatus.REJECTED)
+            return current is None or current.status.ended
 
         await svc.events.wait(job.id, wait, ended, fallback=svc.dispatcher.wait_end)
     job = await asyncio.to_thread(_fetched, svc, job_id)

@@ -27,6 +27,10 @@ class JobStatus(str, Enum):
     FINISHED = "FINISHED"  #: ran; `result` says how it ended
     REJECTED = "REJECTED"  #: could not be run; `rejectedReason` says why
 
+    @property
+    def ended(self) -> bool:
+        return self in (JobStatus.FINISHED, JobStatus.REJECTED)
+
 
 class FinishedWith(str, Enum):
     """SUCCEEDED: exit code 0. FAILED: compile error, uncaught exception, non-zero exit code or

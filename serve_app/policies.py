@@ -28,8 +28,9 @@ def sweep(svc: Services) -> tuple[list, int]:
     cfg, store = svc.settings, svc.store
     now = utcnow()
     rejected = []
-    total = ray.cluster_resources()
-    for job in store.stale(now - timedelta(seconds=min(cfg.stale_after_s, cfg.pending_limit_s))):
+    candidates = store.stale(now - timedelta(seconds=min(cfg.stale_after_s, cfg.pending_limit_s)))
+    total = ray.cluster_resources() if candidates else {}
+    for job in candidates:
         slots = int(total.get(job.agent_type, 0))
         # a job whose agent type has no node waits for the autoscaler; one behind busy slots or running, for news
         limit = cfg.pending_limit_s if job.status == JobStatus.PENDING and not slots else cfg.stale_after_s

@@ -118,7 +118,7 @@ class JobStore:
         attempt never started a sandbox and does not count. False if it has ended meanwhile."""
         with Session(self.engine) as s:
             job = s.get(Job, job_id, with_for_update=True)
-            if job is None or job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
+            if job is None or job.status.ended:
                 return False
             job.status, job.dispatched, job.node_id, job.updated_at = JobStatus.PENDING, False, None, utcnow()
             if not counted:
