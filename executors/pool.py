@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, _docker, remove_container
+from executors.nuget_restore import MOUNT_ROOT, REFERENCES_ENV
+from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, image_id, remove_container
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,19 @@ class PoolSpec:
     idle_s: float = 120.0
     #: compiled scripts kept for repeats (runners with CSRUN_ARTIFACTS); 0: none, every job compiles
     cache_mb: int = 0
+    #: on the node's NuGet cache's file system: each pooled sandbox has a folder here, bound read-only
+    #: at /nuget, that a job's restored packages are linked into when it takes the sandbox.
+    #: "": jobs with packages start a sandbox of their own (they are mounted at its start)
+    packages_dir: str = ""
 
 
-def template(spec: SandboxSpec, warmup: bool = False, artifacts: bool = False) -> SandboxSpec:
-    """The spec of a pooled sandbox for jobs like `spec`: same everything but the job."""
-    env = (*spec.env, *([("CSRUN_WARMUP", "1")] if warmup else []), *([("CSRUN_ARTIFACTS", "1")] if artifacts else []))
-    return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300, env=env)
+def template(spec: SandboxSpec, pool: PoolSpec) -> SandboxSpec:
+    """The spec of a pooled sandbox for jobs like `spec`: same everything but the job and its packages."""
+    env = (*[(k, v) for k, v in spec.env if k != REFERENCES_ENV],
+           *([("CSRUN_WARMUP", "1")] if pool.warmup else []), *([("CSRUN_ARTIFACTS", "1")] if pool.cache_mb > 0 else []),
+           *([(REFERENCES_ENV, "-")] if pool.packages_dir else []))
+    return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300, env=env,
+                   mounts=())
 
 
 def node_slots(agent_type: str) -> int:
@@ -54,9 +65,38 @@ def node_slots(agent_type: str) -> int:
     return next((int(n["Resources"].get(agent_type, 0)) for n in ray.nodes() if n["NodeID"] == node_id), 0)
 
 
-def pool_name(node_id: str, spec: SandboxSpec, warmup: bool = False, artifacts: bool = False) -> str:
-    digest = hashlib.sha256(repr(template(spec, warmup, artifacts)).encode()).hexdigest()[:16]
+def pool_name(node_id: str, spec: SandboxSpec, pool: PoolSpec) -> str:
+    digest = hashlib.sha256(repr((template(spec, pool), pool.packages_dir)).encode()).hexdigest()[:16]
     return f"sandbox-pool-{node_id[:16]}-{digest}"
+
+
+def lend_packages(folder: Path, mounts: tuple[tuple[str, str], ...]) -> None:
+    """Puts a job's restored packages (host folder → where the sandbox sees it) into a pooled
+    sandbox's package folder: hard links to the node's cache, copies where that cannot link."""
+    for source, target in mounts:
+        into = folder / os.path.relpath(target, MOUNT_ROOT)
+        into.mkdir(parents=True, exist_ok=True)
+        for f in Path(source).iterdir():
+            if f.is_file():
+                try:
+                    os.link(f, into / f.name)
+                except OSError:
+                    shutil.copyfile(f, into / f.name)
+        for d in (into, *into.parents):
+            if d == folder.parent:
+                break
+            os.chmod(d, 0o755)
+
+
+def packages_digest(mounts: tuple[tuple[str, str], ...]) -> bytes:
+    """What a job's packages are, by content: a compiled script is only reused with the same ones."""
+    h = hashlib.sha256()
+    for source, target in sorted(mounts):
+        for f in sorted(Path(source).iterdir()):
+            if f.is_file():
+                h.update(f"{target}/{f.name}\0".encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.digest()
 
 
 class CompiledCache:
@@ -67,13 +107,13 @@ class CompiledCache:
     def __init__(self, max_bytes: int, image: str):
         self.max_bytes, self.on = max_bytes, max_bytes > 0
         # the image id covers the runner and the compiler: a rebuilt image never gets old entries
-        self.image_id = _image_id(image) if self.on else ""
+        self.image_id = image_id(image) if self.on else ""
         self.entries: OrderedDict[str, bytes] = OrderedDict()
         self.size = self.hits = self.misses = 0
         self.lock = threading.Lock()
 
-    def key(self, script: str) -> str:
-        return hashlib.sha256(self.image_id.encode() + b"\0" + script.encode()).hexdigest()
+    def key(self, script: str, packages: bytes = b"") -> str:
+        return hashlib.sha256(self.image_id.encode() + b"\0" + packages + b"\0" + script.encode()).hexdigest()
 
     def get(self, key: str) -> bytes | None:
         if not self.on:
@@ -104,10 +144,6 @@ class CompiledCache:
             return {"entries": len(self.entries), "bytes": self.size, "hits": self.hits, "misses": self.misses}
 
 
-def _image_id(image: str) -> str:
-    return _docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip() or image
-
-
 class PoolClosed(RuntimeError):
     """The pool retired before it took the job: nothing was run; use a sandbox of the job's own."""
 
@@ -115,8 +151,13 @@ class PoolClosed(RuntimeError):
 @ray.remote(num_cpus=0, max_concurrency=64)
 class SandboxPool:
     def __init__(self, spec: SandboxSpec, pool: PoolSpec):
-        self.template = replace(template(spec, pool.warmup, pool.cache_mb > 0),
-                                node_id=ray.get_runtime_context().get_node_id())
+        node_id = ray.get_runtime_context().get_node_id()
+        self.template = replace(template(spec, pool), node_id=node_id)
+        # one folder per pooled sandbox; what an earlier pool of this name left is gone with its sandboxes
+        self.packages = Path(pool.packages_dir) / pool_name(node_id, spec, pool) if pool.packages_dir else None
+        if self.packages:
+            shutil.rmtree(self.packages, ignore_errors=True)
+            self.packages.mkdir(parents=True)
         self.cache = CompiledCache(pool.cache_mb << 20, spec.image)
         self.size = pool.size if pool.size >= 0 else node_slots(pool.agent_type)
         self.idle: deque[Sandbox] = deque()
@@ -136,7 +177,7 @@ class SandboxPool:
                 self.closing = True
                 idle, self.idle = list(self.idle), deque()
             for sandbox in idle:
-                sandbox.discard()
+                self._dispose(sandbox)
             log.info("pool %s: no job for %g s; removing it", self.template.image, idle_s)
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
             return
@@ -150,9 +191,15 @@ class SandboxPool:
 
     def _start_one(self) -> None:
         try:
-            sandbox = Sandbox(replace(self.template, job_id=f"pool-{uuid.uuid4()}"))
+            spec, folder = replace(self.template, job_id=f"pool-{uuid.uuid4()}"), None
+            if self.packages:
+                folder = self.packages / spec.job_id
+                folder.mkdir(mode=0o755)
+                spec = replace(spec, mounts=((str(folder), MOUNT_ROOT),))
+            sandbox = Sandbox(spec)
+            sandbox.folder = folder
             if not sandbox.wait_started():
-                sandbox.discard()
+                self._dispose(sandbox)
                 raise SandboxError("the pre-started sandbox did not come up")
         except Exception:
             log.exception("could not pre-start a sandbox")
@@ -164,7 +211,17 @@ class SandboxPool:
                 self.idle.append(sandbox)
                 return
         if sandbox is not None:
+            self._dispose(sandbox)
+
+    @staticmethod
+    def _dispose(sandbox: Sandbox, name: str | None = None) -> None:
+        """Removes a sandbox (under the job's name once taken) and its package folder."""
+        if name is None:
             sandbox.discard()
+        else:
+            remove_container(name)
+        if getattr(sandbox, "folder", None):
+            shutil.rmtree(sandbox.folder, ignore_errors=True)
 
     def _take(self) -> Sandbox | None:
         """An idle pre-started sandbox; if none is idle but some are coming up, the first of them
@@ -175,7 +232,7 @@ class SandboxPool:
                     sandbox = self.idle.popleft()
                     if sandbox.alive() and time.monotonic() - sandbox.created < MAX_IDLE_S:
                         return sandbox
-                    threading.Thread(target=sandbox.discard, daemon=True).start()
+                    threading.Thread(target=self._dispose, args=(sandbox,), daemon=True).start()
                 if not self.starting or not self.ready.wait(timeout=10):
                     return None
 
@@ -192,28 +249,35 @@ class SandboxPool:
                 self.last_used = time.monotonic()
 
     def _run(self, spec: SandboxSpec, script: str) -> Outcome:
+        """`spec.mounts`: the job's restored packages, lent to the pre-started sandbox; a cold one
+        mounts them itself."""
         sandbox = self._take()
         self._refill()
-        key = self.cache.key(script)
+        packages = spec.mounts
+        key = self.cache.key(script, packages_digest(packages) if packages else b"")
         compiled = self.cache.get(key)
         outcome = None
         try:
-            if sandbox is not None:
+            if sandbox is not None and packages and not self.packages:
+                self._dispose(sandbox)  # this pool cannot lend packages (the task does not send such jobs)
+            elif sandbox is not None:
                 try:
+                    if packages:
+                        lend_packages(sandbox.folder, packages)
                     outcome = sandbox.run(script, name=spec.name, remove=False, artifact=compiled,
-                                          keep_artifact=self.cache.on)
-                except SandboxGone:  # before the script reached it: a cold start instead
-                    sandbox.discard()
+                                          keep_artifact=self.cache.on, references=_references(spec) if packages else None)
+                except (SandboxGone, OSError):  # before the script reached it: a cold start instead
+                    self._dispose(sandbox)
             if outcome is None:  # none ready (or it was gone): a cold start, as without the pool
                 sandbox = Sandbox(replace(spec, env=(*spec.env, ("CSRUN_ARTIFACTS", "1")) if self.cache.on else spec.env))
                 outcome = sandbox.run(script, remove=False, artifact=compiled, keep_artifact=self.cache.on)
         except SandboxError:  # after: the job was stopped (DELETE) or the sandbox failed; never run it again
-            remove_container(spec.name)
+            self._dispose(sandbox, spec.name)
             raise
         if compiled is None and sandbox.artifact is not None:
             self.cache.put(key, sandbox.artifact)
         # the teardown of the used container is off the job's path, but always happens
-        threading.Thread(target=remove_container, args=(spec.name,), daemon=True).start()
+        threading.Thread(target=self._dispose, args=(sandbox, spec.name), daemon=True).start()
         return outcome
 
     def cache_stats(self) -> dict:
@@ -227,10 +291,14 @@ class SandboxPool:
             return len(self.idle)
 
 
+def _references(spec: SandboxSpec) -> tuple[str, ...]:
+    return tuple(p for k, v in spec.env if k == REFERENCES_ENV for p in v.split(":") if p)
+
+
 def pool_for(spec: SandboxSpec, pool: PoolSpec):
     """This node's pool for sandboxes like `spec` (created on first use, shared by the node's tasks)."""
     node_id = ray.get_runtime_context().get_node_id()
     return SandboxPool.options(
-        name=pool_name(node_id, spec, pool.warmup, pool.cache_mb > 0), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        name=pool_name(node_id, spec, pool), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
     ).remote(spec, pool)

@@ -26,20 +26,14 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
     started = datetime.now(timezone.utc)
     try:
         refs = references(script) if nuget is not None else []
-        if refs:  # its packages, restored here and mounted read-only: a sandbox of its own
+        if refs:  # its packages, restored here: mounted read-only in a sandbox of its own, or lent to a pooled one
             with restore(refs, nuget) as restored:
-                spec = replace(spec, mounts=restored.mounts(), env=restored.env())
-                outcome = run_sandbox(spec, script)
+                spec = replace(spec, mounts=restored.mounts(), env=(*spec.env, *restored.env()))
+                outcome = _run(spec, script, pool if pool is not None and pool.packages_dir else None)
                 if restored.warnings:
                     outcome = replace(outcome, stderr="\n".join(restored.warnings) + "\n" + outcome.stderr)
-        elif pool is not None and pool.size != 0:  # a pre-started sandbox from this node's pool
-            try:
-                outcome: Outcome = ray.get(pool_for(spec, pool).run.remote(spec, script))
-            except (PoolClosed, ray.exceptions.RayActorError):  # it retired (idle) or died: a sandbox of its own
-                stop_job_sandbox(spec.job_id)
-                outcome = run_sandbox(spec, script)
         else:
-            outcome = run_sandbox(spec, script)
+            outcome = _run(spec, script, pool)
     except RestoreError as e:  # the script's packages: its own failure, told on its stderr
         outcome = Outcome(exit_code=1, stdout="", stderr=f"{e}\n", stdout_truncated=False, stderr_truncated=False,
                           timed_out=False, out_of_memory=False, started_at=started,
@@ -48,6 +42,15 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
         yield {"event": "ERROR", "reason": str(e)}
         return
     yield {"event": "FINISHED", "outcome": outcome}
+
+
+def _run(spec: SandboxSpec, script: str, pool: PoolSpec | None) -> Outcome:
+    if pool is not None and pool.size != 0:  # a pre-started sandbox from this node's pool
+        try:
+            return ray.get(pool_for(spec, pool).run.remote(spec, script))
+        except (PoolClosed, ray.exceptions.RayActorError):  # it retired (idle) or died: a sandbox of its own
+            stop_job_sandbox(spec.job_id)
+    return run_sandbox(spec, script)
 
 
 @ray.remote(num_cpus=0, max_retries=2)

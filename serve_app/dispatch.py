@@ -252,8 +252,10 @@ class Dispatcher:
             # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
             custom = config is not None and (config.limits is not None or config.network is not None)
             cache_mb = self.settings.compile_cache_mb if CATALOGUE[job.agent_type].artifacts else 0
+            # restored packages are linked into a pooled sandbox's folder: on the cache's file system
+            packages_dir = f"{self.settings.nuget_cache_dir}/sandboxes" if CATALOGUE[job.agent_type].nuget else ""
             pool = None if custom else PoolSpec(job.agent_type, self.settings.pool_size, self.settings.pool_warmup,
-                                                self.settings.pool_idle_s, cache_mb)
+                                                self.settings.pool_idle_s, cache_mb, packages_dir)
             args = (spec, runner_input(job.agent_type, payload.script, config), pool,
                     nuget_spec(self.settings, job.agent_type, config))
         except (ValueError, KeyError) as e:  # the deployment's settings changed since it was accepted

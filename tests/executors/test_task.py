@@ -12,6 +12,8 @@ from cluster.agent_types import MONO_6
 from executors.pool import NAMESPACE, PoolSpec, pool_name
 from executors.reaper import reap
 from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec
+from executors.nuget_config import parse
+from executors.nuget_restore import NuGetSpec
 from executors.task import run_job
 
 
@@ -60,9 +62,10 @@ def pooled_containers() -> set[str]:
 def test_the_pool_holds_one_warm_sandbox_per_slot_of_the_node(local_ray):
     before = pooled_containers()
     s = spec()
-    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("pooled");', PoolSpec(MONO_6.name, warmup=True))
+    warm = PoolSpec(MONO_6.name, warmup=True)
+    gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("pooled");', warm)
     assert ray.get(list(gen)[-1])["outcome"].stdout == "pooled\n"
-    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, warmup=True), namespace=NAMESPACE)
+    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, warm), namespace=NAMESPACE)
     try:
         assert ray.get(pool.capacity.remote()) == 2  # the node offers 2 slots of the agent type
         deadline = time.monotonic() + 60
@@ -85,7 +88,7 @@ def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_run
     quick = PoolSpec(MONO_6.name, size=1, idle_s=3)
     gen = run_job.options(resources={MONO_6.name: 1}).remote(s, 'Console.WriteLine("once");', quick)
     assert ray.get(list(gen)[-1])["outcome"].stdout == "once\n"
-    name = pool_name(ray.get_runtime_context().get_node_id(), s)
+    name = pool_name(ray.get_runtime_context().get_node_id(), s, quick)
     ray.get_actor(name, namespace=NAMESPACE)  # it exists, with a pre-started sandbox
 
     def retired() -> None:  # no job for 3 s: it goes, and its sandboxes with it (the node is idle for the autoscaler)
@@ -120,10 +123,55 @@ def test_a_repeated_script_runs_from_the_pools_compiled_cache(local_ray):
     first, again = outcomes
     assert (again.exit_code, again.stdout, again.stderr) == (first.exit_code, first.stdout, first.stderr)
     assert first.stdout == "from the cache? 2\n" and "CS0219" in first.stderr  # its warning is replayed too
-    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, artifacts=True), namespace=NAMESPACE)
+    pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, cached), namespace=NAMESPACE)
     stats = ray.get(pool.cache_stats.remote())
     assert stats["entries"] == 1 and stats["hits"] == 1 and stats["misses"] == 1
     deadline = time.monotonic() + 30
     while pooled_containers() - before:  # the pool retires when idle and takes its sandboxes along
         assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_a_job_with_packages_runs_in_a_pooled_sandbox_that_gets_only_its_packages(local_ray, nuget_feed, tmp_path):
+    """Restored packages are linked into the pre-started sandbox's own folder, bound read-only at /nuget."""
+    before = pooled_containers()
+    nuget = NuGetSpec(sources=tuple(parse(nuget_feed.config())), target=MONO_6.nuget, cache_dir=str(tmp_path / "cache"),
+                      max_extract_mb=16, timeout_s=60, allow=("127.0.0.1/32",))
+    pool = PoolSpec(MONO_6.name, size=1, cache_mb=8, idle_s=5, packages_dir=str(tmp_path / "cache/sandboxes"))
+    script = ('#r "nuget: Acme.Greeter, 1.0.0"\nConsole.WriteLine(Acme.Greeter.Hello("pool"));\n'
+              'Console.WriteLine(Environment.GetEnvironmentVariable("CSRUN_REFERENCES"));\n'
+              'Console.WriteLine(string.Join(",", Directory.GetDirectories("/nuget").OrderBy(d => d)));\n'
+              'try { File.WriteAllText("/nuget/acme.greeter/1.0.0/Acme.Greeter.dll", "x"); Console.WriteLine("written"); }\n'
+              'catch (Exception e) { Console.WriteLine(e.GetType().Name); }')
+
+    def run(script: str):
+        s = spec()
+        gen = run_job.options(resources={MONO_6.name: 1}).remote(s, script, pool, nuget)
+        return ray.get(list(gen)[-1])["outcome"]
+
+    def pool_ready() -> None:
+        actor = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), spec(), pool), namespace=NAMESPACE)
+        deadline = time.monotonic() + 60
+        while ray.get(actor.idle_count.remote()) < 1:
+            assert time.monotonic() < deadline, "the pool did not fill"
+            time.sleep(0.2)
+        return actor
+
+    run('Console.WriteLine("fills the pool");')
+    actor = pool_ready()
+    first = run(script)
+    # "-": the runner was started ahead, without the job's list; the list came on its stdin
+    out = first.stdout.splitlines()
+    assert out[:3] == ["[Hello, pool]", "-", "/nuget/acme.formatting,/nuget/acme.greeter"], first
+    assert out[3].endswith("Exception"), first  # read-only
+    pool_ready()
+    again = run(script)  # the compiled script is reused: same packages (by content), same text
+    assert (again.exit_code, again.stdout, again.stderr) == (first.exit_code, first.stdout, first.stderr)
+    assert ray.get(actor.cache_stats.remote())["hits"] == 1
+    pool_ready()
+    bare = run('Console.WriteLine(Directory.GetDirectories("/nuget").Length);')
+    assert bare.stdout == "0\n"  # nothing of the previous job's packages
+    deadline = time.monotonic() + 30
+    while pooled_containers() - before or any((tmp_path / "cache/sandboxes").glob("*/*")):
+        assert time.monotonic() < deadline, "the idle pool left sandboxes or package folders"
         time.sleep(0.5)

@@ -169,3 +169,19 @@ def test_unicode_output():
 def test_errors_inside_the_script_keep_their_line():
     o = run('WriteLine("a");\n\nint x = "text";\n')
     assert o.exit_code == 1 and "script.csx(3,9): error CS0029" in o.stderr
+
+
+def test_a_pre_started_runner_takes_package_references_only_from_the_frame_ahead_of_the_script():
+    # CSRUN_REFERENCES=-: the list arrives on stdin (the pool's sandboxes); without it no package was restored
+    env = (("CSRUN_REFERENCES", "-"),)
+    o = run('#r "nuget: Acme.Greeter, 1.0.0"\nWriteLine("ran");', env=env)
+    assert o.exit_code == 1 and "CSX0002" in o.stderr and o.stdout == ""
+    # given a frame, the listed assemblies are referenced (here a framework one, by its path)
+    path = "/usr/lib/mono/4.5/System.Security.dll"  # not among the default references
+    framed = (f'\0csrun-references {len(path)}\n{path}#r "nuget: X, 1.0.0"\n'
+              'WriteLine(typeof(System.Security.Cryptography.DataProtectionScope).Name);')
+    o = run(framed, env=env)
+    assert (o.exit_code, o.stdout) == (0, "DataProtectionScope\n"), o
+    # a runner started with its list in the environment does not read frames: it is script text
+    o = run(framed)
+    assert o.exit_code == 1 and o.stdout == ""

@@ -9,7 +9,9 @@
 // Contract: the script arrives on stdin (never on a command line); stdin is empty for the script.
 // Packages: `#r "nuget: Id, Version"` lines are restored by the service before the sandbox
 // starts; it mounts them read-only and lists their assemblies in CSRUN_REFERENCES (':'-separated),
-// which csrun references when compiling and loads when the script needs them.
+// which csrun references when compiling and loads when the script needs them. A pre-started runner
+// cannot be given an environment: with CSRUN_REFERENCES=- the list comes on stdin instead, ahead of
+// everything else, as "\0csrun-references <length>\n" + the ':'-separated paths (no frame: none).
 // Exit code: the script's `return N;`, Environment.Exit(n) or Environment.ExitCode; 1 for a compile
 // error or an uncaught exception. Compiler errors and warnings go to stderr.
 // Compiled-script cache (CSRUN_ARTIFACTS=1): after a successful compile, and before any of the
@@ -31,12 +33,13 @@ public static class CsRun
     const string ClassName = "Submission__Script";
     const string EntryName = "Submission__Main";
     static string buildDirectory = "";
+    const string ReferencesMagic = "\0csrun-references ";
     // null: nobody restored packages for this run (then `#r "nuget: …"` is an error)
-    static readonly string[] PackageReferences = ParseReferences(Environment.GetEnvironmentVariable("CSRUN_REFERENCES"));
+    static string[] PackageReferences = ParseReferences(Environment.GetEnvironmentVariable("CSRUN_REFERENCES"));
 
     static string[] ParseReferences(string value)
     {
-        if (value == null) return null;
+        if (value == null || value == "-") return null;
         var list = new List<string>();
         foreach (var p in value.Split(':')) if (p.Length > 0) list.Add(p);
         return list.ToArray();
@@ -64,7 +67,12 @@ public static class CsRun
         buildDirectory = Path.GetFullPath(buildDir).TrimEnd('/');
 
         int offset = 0;
-        Artifact cached = artifacts ? Artifact.FromFrame(input, out offset) : null;
+        if (Environment.GetEnvironmentVariable("CSRUN_REFERENCES") == "-")
+        {
+            byte[] list = Frame(input, ReferencesMagic, ref offset);
+            if (list != null) PackageReferences = ParseReferences(Encoding.UTF8.GetString(list));
+        }
+        Artifact cached = artifacts ? Artifact.FromFrame(input, ref offset) : null;
         if (cached != null)
         {
             Console.Error.Write(cached.Messages);
@@ -119,30 +127,40 @@ public static class CsRun
             stdout.Flush();
         }
 
-        // the artifact framed at the start of `input` (offset: where the script begins), or null
-        public static Artifact FromFrame(byte[] input, out int offset)
+        // the artifact framed at `offset` in `input` (moved past it), or null
+        public static Artifact FromFrame(byte[] input, ref int offset)
         {
-            offset = 0;
-            byte[] magic = Encoding.ASCII.GetBytes(Magic);
-            if (input.Length < magic.Length) return null;
-            for (int i = 0; i < magic.Length; i++) if (input[i] != magic[i]) return null;
-            int nl = Array.IndexOf(input, (byte)'\n', magic.Length);
-            int length;
-            if (nl < 0 || !int.TryParse(Encoding.ASCII.GetString(input, magic.Length, nl - magic.Length), out length)
-                || length < 0 || nl + 1 + length > input.Length) return null;
+            int start = offset;
+            byte[] body = Frame(input, Magic, ref offset);
+            if (body == null) return null;
             try
             {
-                var r = new BinaryReader(new MemoryStream(input, nl + 1, length), new UTF8Encoding(false));
+                var r = new BinaryReader(new MemoryStream(body), new UTF8Encoding(false));
                 var a = new Artifact();
                 a.Assembly = r.ReadBytes(r.ReadInt32());
                 a.Symbols = r.ReadBytes(r.ReadInt32());
                 a.Messages = r.ReadString();
                 a.IsAsync = r.ReadBoolean();
-                offset = nl + 1 + length;
                 return a;
             }
-            catch (Exception) { return null; }
+            catch (Exception) { offset = start; return null; }
         }
+    }
+
+    // the body of a "<magic><length>\n<body>" frame at `offset` in `input` (moved past it), or null
+    static byte[] Frame(byte[] input, string magicText, ref int offset)
+    {
+        byte[] magic = Encoding.ASCII.GetBytes(magicText);
+        if (input.Length - offset < magic.Length) return null;
+        for (int i = 0; i < magic.Length; i++) if (input[offset + i] != magic[i]) return null;
+        int nl = Array.IndexOf(input, (byte)'\n', offset + magic.Length);
+        int length;
+        if (nl < 0 || !int.TryParse(Encoding.ASCII.GetString(input, offset + magic.Length, nl - offset - magic.Length), out length)
+            || length < 0 || nl + 1 + length > input.Length) return null;
+        var body = new byte[length];
+        Array.Copy(input, nl + 1, body, 0, length);
+        offset = nl + 1 + length;
+        return body;
     }
 
     // A pre-started sandbox waits for its script anyway: compiling a small program first JIT-compiles

@@ -1,0 +1,56 @@
+"""The pool's pure parts: the pooled sandbox's spec, its name, and how a job's packages are lent and keyed."""
+
+import os
+from pathlib import Path
+
+from cluster.agent_types import MONO_6
+from executors.pool import CompiledCache, PoolSpec, lend_packages, packages_digest, pool_name, template
+from executors.sandbox import SandboxSpec
+
+PACKAGES = PoolSpec(MONO_6.name, cache_mb=8, packages_dir="/cache/sandboxes")
+
+
+def job(job_id: str = "j1", **kw) -> SandboxSpec:
+    return SandboxSpec(job_id=job_id, image=MONO_6.image, command=MONO_6.command, **kw)
+
+
+def test_jobs_with_and_without_packages_share_one_pool_whose_runners_read_the_list_from_stdin():
+    with_packages = job("j2", mounts=(("/cache/a/lib/net45", "/nuget/a/1.0.0"),),
+                        env=(("CSRUN_REFERENCES", "/nuget/a/1.0.0/A.dll"),))
+    t = template(with_packages, PACKAGES)
+    assert t == template(job(), PACKAGES) and t.mounts == ()
+    assert dict(t.env) == {"CSRUN_ARTIFACTS": "1", "CSRUN_REFERENCES": "-"}
+    assert pool_name("n" * 40, with_packages, PACKAGES) == pool_name("n" * 40, job(), PACKAGES)
+    # a pool that lends no packages runs its runners without the list, and is another pool
+    plain = PoolSpec(MONO_6.name, cache_mb=8)
+    assert "CSRUN_REFERENCES" not in dict(template(job(), plain).env)
+    assert pool_name("n" * 40, job(), plain) != pool_name("n" * 40, job(), PACKAGES)
+
+
+def package(root: Path, name: str, content: bytes) -> str:
+    lib = root / name / "lib/net45"
+    lib.mkdir(parents=True)
+    (lib / f"{name}.dll").write_bytes(content)
+    return str(lib)
+
+
+def test_lent_packages_are_links_into_the_sandboxes_folder_readable_by_the_sandbox_user(tmp_path):
+    src = package(tmp_path / "cache", "A", b"assembly A")
+    folder = tmp_path / "sandboxes/pool/s1"
+    folder.mkdir(parents=True)
+    lend_packages(folder, ((src, "/nuget/a/1.0.0"),))
+    lent = folder / "a/1.0.0/A.dll"
+    assert lent.read_bytes() == b"assembly A" and os.stat(lent).st_ino == os.stat(Path(src) / "A.dll").st_ino
+    assert all(oct(d.stat().st_mode)[-3:] == "755" for d in (folder, folder / "a", folder / "a/1.0.0"))
+
+
+def test_a_compiled_script_is_only_reused_with_the_same_packages_by_content(tmp_path):
+    one = package(tmp_path / "v1", "A", b"assembly A, build 1")
+    same = package(tmp_path / "v1-again", "A", b"assembly A, build 1")
+    other = package(tmp_path / "v2", "A", b"assembly A, build 2")
+    digest = lambda src: packages_digest(((src, "/nuget/a/1.0.0"),))  # noqa: E731
+    assert digest(one) == digest(same) != digest(other)
+    assert digest(one) != packages_digest(((one, "/nuget/b/1.0.0"),))  # seen elsewhere by the script
+    cache = CompiledCache(1 << 20, MONO_6.image)
+    script = '#r "nuget: A, 1.*"\nWriteLine(A.X.Y);'
+    assert len({cache.key(script), cache.key(script, digest(one)), cache.key(script, digest(other))}) == 3
