@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
+from typing import Literal
 from pathlib import Path
 
 import ray
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
+WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,11 @@ class PoolSpec:
     """How a node pools sandboxes for an agent type."""
     agent_type: str
     size: int = -1  #: pre-started sandboxes; -1: one per slot of the agent type on the node
-    #: the runner compiles a small program while it waits (CSRUN_WARMUP): the job's compile starts
-    #: warm (~0.35 s less at low load) at the price of that CPU per job under a burst
-    warmup: bool = False
+    #: a waiting runner is told to compile a small program, so the job's compile starts warm
+    #: (~0.3 s less) at the price of that CPU per job. "auto": only once the pool has run no job
+    #: for WARM_AFTER_S (a user at a prompt); not in a burst or back to back, where CPU is the limit
+    #: and a job would wait for a warm-up under way
+    warmup: Literal["auto", "always", "never"] = "never"
     #: after this long without a job the pool removes its sandboxes and its actor: Ray counts a
     #: node with a live actor as busy, and an autoscaler would never remove it
     idle_s: float = 120.0
@@ -53,7 +57,7 @@ class PoolSpec:
 def template(spec: SandboxSpec, pool: PoolSpec) -> SandboxSpec:
     """The spec of a pooled sandbox for jobs like `spec`: same everything but the job and its packages."""
     env = (*[(k, v) for k, v in spec.env if k != REFERENCES_ENV],
-           *([("CSRUN_WARMUP", "1")] if pool.warmup else []), *([("CSRUN_ARTIFACTS", "1")] if pool.cache_mb > 0 else []),
+           *([("CSRUN_ARTIFACTS", "1")] if pool.cache_mb > 0 else []),
            *([(REFERENCES_ENV, "-")] if pool.packages_dir else []))
     return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300, env=env,
                    mounts=())
@@ -66,7 +70,7 @@ def node_slots(agent_type: str) -> int:
 
 
 def pool_name(node_id: str, spec: SandboxSpec, pool: PoolSpec) -> str:
-    digest = hashlib.sha256(repr((template(spec, pool), pool.packages_dir)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(repr((template(spec, pool), pool.warmup, pool.packages_dir)).encode()).hexdigest()[:16]
     return f"sandbox-pool-{node_id[:16]}-{digest}"
 
 
@@ -159,6 +163,7 @@ class SandboxPool:
             shutil.rmtree(self.packages, ignore_errors=True)
             self.packages.mkdir(parents=True)
         self.cache = CompiledCache(pool.cache_mb << 20, spec.image)
+        self.warmup = pool.warmup
         self.size = pool.size if pool.size >= 0 else node_slots(pool.agent_type)
         self.idle: deque[Sandbox] = deque()
         self.starting = 0
@@ -209,6 +214,7 @@ class SandboxPool:
             self.ready.notify()
             if sandbox is not None and not self.closing:
                 self.idle.append(sandbox)
+                self._warm_idle()
                 return
         if sandbox is not None:
             self._dispose(sandbox)
@@ -247,6 +253,20 @@ class SandboxPool:
             with self.lock:
                 self.active -= 1
                 self.last_used = time.monotonic()
+            if self.warmup == "auto":
+                threading.Timer(WARM_AFTER_S, self._warm_when_idle).start()
+
+    def _warm_when_idle(self) -> None:
+        with self.lock:
+            self._warm_idle()
+
+    def _warm_idle(self) -> None:
+        """(Holding the lock: no job can take them meanwhile.) Warms the idle runners up if the
+        node has CPU to spare for it."""
+        quiet = self.active == 0 and time.monotonic() - self.last_used >= WARM_AFTER_S - 0.05  # timers are not exact
+        if self.warmup == "always" or (self.warmup == "auto" and quiet):
+            for sandbox in self.idle:
+                sandbox.warm_up()
 
     def _run(self, spec: SandboxSpec, script: str) -> Outcome:
         """`spec.mounts`: the job's restored packages, lent to the pre-started sandbox; a cold one
@@ -286,9 +306,9 @@ class SandboxPool:
     def capacity(self) -> int:
         return self.size
 
-    def idle_count(self) -> int:
+    def idle_count(self, warmed: bool = False) -> int:
         with self.lock:
-            return len(self.idle)
+            return sum(1 for sandbox in self.idle if sandbox.warmed or not warmed)
 
 
 def _references(spec: SandboxSpec) -> tuple[str, ...]:

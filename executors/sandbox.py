@@ -138,6 +138,7 @@ MAX_ARTIFACT_BYTES = 8 << 20  #: a larger compiled script is not kept
 
 #: a pre-started runner (CSRUN_REFERENCES=-) gets the job's package assemblies ahead of all else
 REFERENCES_MAGIC = b"\0csrun-references "
+WARMUP_MARKER = b"\0csrun-warmup\n"  #: ahead of a pooled runner's input: warm up now, the job follows
 
 
 def artifact_frame(artifact: bytes) -> bytes:
@@ -243,6 +244,19 @@ class Sandbox:
         self.out.start()
         self.err.start()
         self.artifact: bytes | None = None
+        self.warmed = False
+
+    def warm_up(self) -> None:
+        """Tells a waiting runner (csrun) to warm its compiler up before its script arrives; only
+        while nobody can have given it a script yet (the pool holds it idle)."""
+        if self.warmed:
+            return
+        self.warmed = True
+        try:
+            self.proc.stdin.write(WARMUP_MARKER)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it is gone: the job that takes it will see so
 
     def alive(self) -> bool:
         return self.proc.poll() is None

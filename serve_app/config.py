@@ -58,9 +58,10 @@ class Settings(BaseSettings):
     #: pre-started sandboxes per node and sandbox profile: -1 as many as the node has slots of the
     #: agent type, 0 none (every job starts its container cold)
     pool_size: int = Field(-1, ge=-1, le=64)
-    #: pooled runners compile a small program while they wait: ~0.3 s less per job at low load, but
-    #: that much more CPU per job, which on small nodes slows bursts (off by default: see PERFORMANCE.md)
-    pool_warmup: bool = False
+    #: pooled runners compile a small program while they wait: ~0.3 s less per job, but that much
+    #: more CPU per job. auto: only while the node's pool runs no job (low load, where a user waits;
+    #: not in bursts, where CPU is the limit); always; never (true/false: always/never)
+    pool_warmup: Literal["auto", "always", "never"] = "auto"
     #: a node's pool that had no job this long is removed, so that an autoscaler can remove the node
     pool_idle_s: float = Field(120.0, gt=0)
     #: compiled scripts each node's pool keeps, so a repeated script skips the compiler; 0: none
@@ -130,6 +131,11 @@ class Settings(BaseSettings):
                 if not isinstance(over[key], (int, float)) or over[key] <= 0:
                     raise ValueError(f"agent_overrides[{name}].{key} must be a positive number")
         return v
+
+    @field_validator("pool_warmup", mode="before")
+    @classmethod
+    def _warmup(cls, v: Any) -> Any:
+        return {"true": "always", "false": "never"}.get(str(v).lower(), v)
 
     @field_validator("nuget_config_xml")
     @classmethod

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.sandbox import Limits, Sandbox, SandboxSpec, run_sandbox
+from executors.sandbox import WARMUP_MARKER, Limits, Sandbox, SandboxSpec, run_sandbox
 
 
 def run(script: str, env: tuple = (), **limits):
@@ -25,6 +25,9 @@ def test_a_warmed_up_runner_behaves_exactly_like_a_cold_one(script):
     # pooled sandboxes compile a small program before their job (CSRUN_WARMUP): no trace may remain
     cold, warm = run(script), run(script, env=(("CSRUN_WARMUP", "1"),))
     assert (warm.exit_code, warm.stdout, warm.stderr) == (cold.exit_code, cold.stdout, cold.stderr)
+    # or told so on stdin ahead of its script, as the pool does for an idle sandbox
+    told = run(WARMUP_MARKER.decode() + script)
+    assert (told.exit_code, told.stdout, told.stderr) == (cold.exit_code, cold.stdout, cold.stderr)
 
 
 def run_keeping(script: str, artifact: bytes | None = None):

@@ -29,6 +29,7 @@ def test_agent_types_from_a_comma_separated_variable(monkeypatch):
     {"NETWORK": "host"},
     {"EGRESS_ALLOW": "not-a-network"},
     {"STALE_AFTER_S": "30", "WALL_TIME_S": "60"},
+    {"POOL_WARMUP": "sometimes"},
 ])
 def test_bad_values_are_refused(monkeypatch, env):
     for k, v in env.items():
@@ -43,3 +44,9 @@ def test_overrides_and_allowed_networks_from_the_environment(monkeypatch):
     s = Settings(_env_file=None)
     assert s.agent_overrides["linux-amd64-mono-6"]["memory_mb"] == 1024
     assert s.egress_allow == ["10.5.0.0/16", "203.0.113.7/32"]
+
+
+@pytest.mark.parametrize("value, mode", [("auto", "auto"), ("always", "always"), ("true", "always"), ("False", "never")])
+def test_pool_warmup_modes_and_the_older_booleans(monkeypatch, value, mode):
+    monkeypatch.setenv("POOL_WARMUP", value)
+    assert Settings(_env_file=None).pool_warmup == mode

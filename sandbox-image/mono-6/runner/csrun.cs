@@ -34,6 +34,7 @@ public static class CsRun
     const string EntryName = "Submission__Main";
     static string buildDirectory = "";
     const string ReferencesMagic = "\0csrun-references ";
+    const string WarmUpMagic = "\0csrun-warmup\n";
     // null: nobody restored packages for this run (then `#r "nuget: …"` is an error)
     static string[] PackageReferences = ParseReferences(Environment.GetEnvironmentVariable("CSRUN_REFERENCES"));
 
@@ -62,7 +63,7 @@ public static class CsRun
         if (string.IsNullOrEmpty(buildDir)) buildDir = Path.Combine(Path.GetTempPath(), "csrun-build");
         if (Environment.GetEnvironmentVariable("CSRUN_WARMUP") == "1") WarmUp(buildDir);
         bool artifacts = Environment.GetEnvironmentVariable("CSRUN_ARTIFACTS") == "1";
-        byte[] input = ReadAllStdin();
+        byte[] input = ReadAllStdin(buildDir);
         Console.SetIn(TextReader.Null);
         buildDirectory = Path.GetFullPath(buildDir).TrimEnd('/');
 
@@ -190,11 +191,24 @@ public static class CsRun
         }
     }
 
-    static byte[] ReadAllStdin()
+    // Everything on stdin. A pooled runner may first be told to warm up (when its node has CPU to
+    // spare) by "\0csrun-warmup\n" ahead of its job's input: it does, then reads the rest.
+    static byte[] ReadAllStdin(string buildDir)
     {
+        byte[] warm = Encoding.ASCII.GetBytes(WarmUpMagic);
         using (var stdin = Console.OpenStandardInput())
         using (var all = new MemoryStream())
         {
+            var head = new byte[warm.Length];
+            int got = 0, n;
+            bool told = true;
+            while (told && got < head.Length && (n = stdin.Read(head, got, head.Length - got)) > 0)
+            {
+                for (int i = got; i < got + n; i++) told &= head[i] == warm[i];
+                got += n;
+            }
+            if (told && got == head.Length) { WarmUp(buildDir); got = 0; }
+            all.Write(head, 0, got);
             stdin.CopyTo(all);
             byte[] bytes = all.ToArray();
             int bom = bytes.Length >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF ? 3 : 0;
