@@ -25,6 +25,8 @@ class AgentType:
     #: the runner hands out what it compiled and runs it again when given it (csrun's CSRUN_ARTIFACTS):
     #: repeated scripts skip the compiler
     artifacts: bool = False
+    #: the runner's environment in every sandbox (never secrets)
+    env: tuple[tuple[str, str], ...] = ()
 
 
 MONO_6 = AgentType(
@@ -35,6 +37,8 @@ MONO_6 = AgentType(
     # Mono 6.8 runs .NET Framework 4.8 assemblies; Debian's Mono has no netstandard.dll facade
     nuget=Target(net=(4, 8), netstandard=None),
     artifacts=True,
+    # end frames: the outcome is known when the runner is done, not when gVisor has torn down
+    env=(("CSRUN_END", "1"),),
 )
 
 DOTNET_7 = AgentType(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import subprocess
 import threading
 import time
@@ -139,6 +140,11 @@ MAX_ARTIFACT_BYTES = 8 << 20  #: a larger compiled script is not kept
 #: a pre-started runner (CSRUN_REFERENCES=-) gets the job's package assemblies ahead of all else
 REFERENCES_MAGIC = b"\0csrun-references "
 WARMUP_MARKER = b"\0csrun-warmup\n"  #: ahead of a pooled runner's input: warm up now, the job follows
+#: a runner with end frames (csrun's CSRUN_END) writes these last: the outcome is known without
+#: waiting for the container's exit (~0.1 s later under gVisor). A script printing them itself can
+#: only end its own run early, with the code it printed
+EXIT_FRAME = re.compile(rb"\0csrun-exit (-?\d{1,10})\n\Z")
+END_FRAME = re.compile(rb"\0csrun-end\n\Z")
 
 
 def artifact_frame(artifact: bytes) -> bytes:
@@ -155,13 +161,15 @@ class _CappedReader(threading.Thread):
     `expect_frame` (set before the runner gets its input) an artifact frame at the very start is
     taken apart from the output: the runner writes it before the script runs, so only there."""
 
-    def __init__(self, stream, cap: int):
+    def __init__(self, stream, cap: int, end: re.Pattern | None, changed: threading.Event):
         super().__init__(daemon=True)
-        self.stream, self.cap = stream, cap
+        self.stream, self.cap, self.end, self.changed = stream, cap, end, changed
         self.data = bytearray()
-        self.truncated = False
         self.expect_frame = False
         self.frame: bytes | None = None
+        self.total, self.tail = 0, b""  #: bytes of output so far, and the last of them
+        self.ended: re.Match | None = None  #: the end frame, while it is the last thing read
+        self.eof = False
 
     def run(self) -> None:
         first = self.stream.read1(65536)
@@ -170,6 +178,8 @@ class _CappedReader(threading.Thread):
         self._keep(first)
         while chunk := self.stream.read1(65536):
             self._keep(chunk)
+        self.eof = True
+        self.changed.set()
 
     def _take_frame(self, head: bytes) -> bytes:
         """Removes the frame from the start of the stream; returns the output that follows it."""
@@ -197,14 +207,26 @@ class _CappedReader(threading.Thread):
         return bytes(body[length:])
 
     def _keep(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.tail = (self.tail + chunk)[-32:]
+        self.ended = self.end.search(self.tail) if self.end else None
+        if self.ended:
+            self.changed.set()
         room = self.cap - len(self.data)
-        if len(chunk) > room:
-            self.truncated = True
         if room > 0:
             self.data += chunk[:room]
 
+    @property
+    def size(self) -> int:
+        """Bytes of output, the end frame not counted."""
+        return self.total - (len(self.ended.group(0)) if self.ended else 0)
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > self.cap
+
     def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
+        return self.data[:self.size].decode("utf-8", errors="replace")
 
 
 @functools.cache
@@ -239,12 +261,15 @@ class Sandbox:
             ["docker", *docker_run_args(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        self.out = _CappedReader(self.proc.stdout, spec.limits.output_bytes)
-        self.err = _CappedReader(self.proc.stderr, spec.limits.output_bytes)
+        self.changed = threading.Event()  #: a reader saw an end frame, or its stream's end
+        frames = ("CSRUN_END", "1") in spec.env  # only then is a frame at the end not the script's output
+        self.out = _CappedReader(self.proc.stdout, spec.limits.output_bytes, EXIT_FRAME if frames else None, self.changed)
+        self.err = _CappedReader(self.proc.stderr, spec.limits.output_bytes, END_FRAME if frames else None, self.changed)
         self.out.start()
         self.err.start()
         self.artifact: bytes | None = None
         self.warmed = False
+        self.told = False  #: the outcome came from the runner's end frames, not the container's exit
 
     def warm_up(self) -> None:
         """Tells a waiting runner (csrun) to warm its compiler up before its script arrives; only
@@ -290,20 +315,32 @@ class Sandbox:
             data = b"".join((references_frame(references) if references else b"",
                              artifact_frame(artifact) if artifact is not None else b"", script.encode()))
             threading.Thread(target=_feed, args=(self.proc, data), daemon=True).start()
-            timed_out = False
-            try:
-                self.proc.wait(timeout=self.spec.limits.wall_time_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                try:
-                    engine().kill(self.name)
-                except DockerException:
-                    pass  # it ended meanwhile
+            timed_out, deadline = False, time.monotonic() + self.spec.limits.wall_time_s
+            while True:  # until both streams end, or both end frames came last (the runner is done)
+                self.changed.clear()
+                if (self.out.eof and self.err.eof) or (self.out.ended and self.err.ended):
+                    break
+                if not self.changed.wait(deadline - time.monotonic()) and time.monotonic() >= deadline:
+                    timed_out = True
+                    try:
+                        engine().kill(self.name)
+                    except DockerException:
+                        pass  # it ended meanwhile
+                    break
+            told = not timed_out and not (self.out.eof and self.err.eof)  # by the runner's end frames
+            self.told = told
+            if not told:
                 self.proc.wait(timeout=30)
-            self.out.join(10)
-            self.err.join(10)
+                self.out.join(10)
+                self.err.join(10)
             finished = datetime.now(timezone.utc)
             self.artifact = self.out.frame
+            if told:
+                return Outcome(
+                    exit_code=int(self.out.ended.group(1)) & 0xFF, stdout=self.out.text(), stderr=self.err.text(),
+                    stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,
+                    timed_out=False, out_of_memory=False, started_at=started, finished_at=finished,
+                )
             state = _state(self.name)
             if state is None or (self.proc.returncode == DOCKER_ERROR and not state.get("StartedAt", "").strip("0-:TZ.")):
                 raise SandboxError(f"sandbox did not start: {self.err.text().strip()[:500]}")

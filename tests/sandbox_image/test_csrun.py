@@ -1,5 +1,6 @@
 """The Mono image's runner gives scripts dotnet-script's semantics (real container, runsc)."""
 
+import subprocess
 import uuid
 
 import pytest
@@ -188,3 +189,40 @@ def test_a_pre_started_runner_takes_package_references_only_from_the_frame_ahead
     # a runner started with its list in the environment does not read frames: it is script text
     o = run(framed)
     assert o.exit_code == 1 and o.stdout == ""
+
+
+@pytest.mark.parametrize("script, told", [
+    ('WriteLine("a"); Console.Error.WriteLine("w"); return 42;', True),
+    ("Environment.ExitCode = 5;\nWriteLine(\"done\");", True),
+    ('WriteLine("before");\nthrow new InvalidOperationException("boom");', True),
+    ('int x = "no";', True),  # a compile error
+    # a foreground thread outlives the script's statements: its output and exit code still count
+    ('new System.Threading.Thread(() => { System.Threading.Thread.Sleep(300); WriteLine("late");'
+     ' Environment.Exit(7); }).Start();\nWriteLine("main");', True),
+    ('AppDomain.CurrentDomain.ProcessExit += (s, e) => WriteLine("its own exit handler");\nWriteLine("main");', True),
+    # Environment.Exit from the script itself: no end frames, the container's exit tells
+    ('WriteLine("bye"); Environment.Exit(3);', False),
+])
+def test_end_frames_tell_the_outcome_before_the_container_exits_and_change_nothing(script, told):
+    def outcome(env):
+        spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                           limits=Limits(wall_time_s=30), env=env)
+        sandbox = Sandbox(spec)
+        o = sandbox.run(script)
+        return (o.exit_code, o.stdout, o.stderr, o.stdout_truncated, o.stderr_truncated), sandbox.told
+
+    plain, plain_told = outcome(())
+    framed, framed_told = outcome((("CSRUN_END", "1"),))
+    assert framed == plain and not plain_told and framed_told == told
+
+
+def test_a_script_printing_end_frames_only_ends_its_own_run_early_and_its_sandbox_still_goes():
+    spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                       limits=Limits(wall_time_s=30), env=(("CSRUN_END", "1"),))
+    forged = ('Console.Out.Write("\\0csrun-exit 9\\n"); Console.Error.Write("\\0csrun-end\\n");\n'
+              "System.Threading.Thread.Sleep(20000);")
+    o = run_sandbox(spec, forged)
+    assert (o.exit_code, o.stdout, o.stderr) == (9, "", "")
+    left = subprocess.run(["docker", "ps", "-a", "--filter", f"name={spec.name}", "--format", "{{.Names}}"],
+                          capture_output=True, text=True, check=True).stdout
+    assert left.strip() == ""

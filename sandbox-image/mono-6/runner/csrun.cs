@@ -58,6 +58,41 @@ public static class CsRun
 
     public static int Main(string[] args)
     {
+        int code = Run(args);
+        if (Environment.GetEnvironmentVariable("CSRUN_END") == "1")
+        {
+            Environment.ExitCode = code;
+            AppDomain.CurrentDomain.ProcessExit += (sender, e) => WriteEnd();
+        }
+        return code;
+    }
+
+    // End frames (CSRUN_END=1): "\0csrun-end\n" last on stderr and "\0csrun-exit <code>\n" last on
+    // stdout, so the service has the outcome without waiting for the container's exit, which under
+    // gVisor comes ~0.1 s later. Written on ProcessExit, registered once the script returned: after
+    // its foreground threads and its own ProcessExit handlers, with the code the process exits with
+    // (Environment.Exit on a later thread included). A script that calls Environment.Exit itself
+    // gets none, and its outcome is taken from the container's exit as without frames.
+    static void WriteEnd()
+    {
+        try
+        {
+            Console.Out.Flush();
+            Console.Error.Flush();
+            byte[] end = Encoding.ASCII.GetBytes("\0csrun-end\n");
+            byte[] exit = Encoding.ASCII.GetBytes("\0csrun-exit " + Environment.ExitCode + "\n");
+            var stderr = Console.OpenStandardError();
+            stderr.Write(end, 0, end.Length);
+            stderr.Flush();
+            var stdout = Console.OpenStandardOutput();
+            stdout.Write(exit, 0, exit.Length);
+            stdout.Flush();
+        }
+        catch (Exception) { } // no frames: the container's exit tells
+    }
+
+    static int Run(string[] args)
+    {
         string mode = args.Length > 0 ? args[0] : "run";
         string buildDir = Environment.GetEnvironmentVariable("CSRUN_BUILD_DIR");
         if (string.IsNullOrEmpty(buildDir)) buildDir = Path.Combine(Path.GetTempPath(), "csrun-build");

@@ -1,0 +1,34 @@
+"""How a sandbox's output streams are read: the cap, and the runner's end frames (pure: no Docker)."""
+
+import io
+import threading
+
+from executors.sandbox import END_FRAME, EXIT_FRAME, _CappedReader
+
+
+def read(data: bytes, cap: int = 1 << 20, end=EXIT_FRAME) -> _CappedReader:
+    reader = _CappedReader(io.BufferedReader(io.BytesIO(data)), cap, end, threading.Event())
+    reader.run()
+    return reader
+
+
+def test_the_exit_frame_last_on_stdout_tells_the_code_and_is_not_output():
+    r = read(b"hello\n\0csrun-exit 42\n")
+    assert r.ended.group(1) == b"42" and r.text() == "hello\n" and not r.truncated
+    e = read(b"warning\n\0csrun-end\n", end=END_FRAME)
+    assert e.ended and e.text() == "warning\n"
+
+
+def test_a_frame_that_is_not_last_is_output():
+    r = read(b"\0csrun-exit 0\nmore\n")
+    assert r.ended is None and r.text() == "\0csrun-exit 0\nmore\n"
+    assert read(b"\0csrun-exit x\n").ended is None
+
+
+def test_the_cap_counts_output_only_and_the_frame_never_shows():
+    exact = read(b"x" * 10 + b"\0csrun-exit 1\n", cap=10)  # the frame beyond the cap: not truncated
+    assert exact.text() == "x" * 10 and not exact.truncated and exact.ended
+    over = read(b"x" * 12 + b"\0csrun-exit 1\n", cap=10)
+    assert over.text() == "x" * 10 and over.truncated and over.ended
+    inside = read(b"x" * 8 + b"\0csrun-exit 1\n", cap=12)  # the cap falls inside the frame
+    assert inside.text() == "x" * 8 and not inside.truncated
