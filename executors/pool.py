@@ -226,7 +226,7 @@ class SandboxPool:
             sandbox.discard()
         else:
             remove_container(name)
-        if getattr(sandbox, "folder", None):
+        if sandbox is not None and sandbox.folder:
             shutil.rmtree(sandbox.folder, ignore_errors=True)
 
     def _take(self) -> Sandbox | None:

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import docker
 from docker.errors import DockerException
@@ -270,6 +271,7 @@ class Sandbox:
         self.artifact: bytes | None = None
         self.warmed = False
         self.told = False  #: the outcome came from the runner's end frames, not the container's exit
+        self.folder: Path | None = None  #: the pool's package folder it binds at /nuget; removed with it
 
     def warm_up(self) -> None:
         """Tells a waiting runner (csrun) to warm its compiler up before its script arrives; only
