@@ -81,7 +81,7 @@ def lend_packages(folder: Path, mounts: tuple[tuple[str, str], ...]) -> None:
         into = folder / os.path.relpath(target, MOUNT_ROOT)
         into.mkdir(parents=True, exist_ok=True)
         for f in Path(source).iterdir():
-            if f.is_file():
+            if f.is_file() and not f.is_symlink():  # the cache holds regular files only; never follow one
                 try:
                     os.link(f, into / f.name)
                 except OSError:
@@ -274,7 +274,7 @@ class SandboxPool:
         sandbox = self._take()
         self._refill()
         packages = spec.mounts
-        key = self.cache.key(script, packages_digest(packages) if packages else b"")
+        key = self.cache.key(script, packages_digest(packages) if packages and self.cache.on else b"")
         compiled = self.cache.get(key)
         outcome = None
         try:

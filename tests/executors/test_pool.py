@@ -44,6 +44,15 @@ def test_lent_packages_are_links_into_the_sandboxes_folder_readable_by_the_sandb
     assert all(oct(d.stat().st_mode)[-3:] == "755" for d in (folder, folder / "a", folder / "a/1.0.0"))
 
 
+def test_a_symlink_in_a_package_folder_is_never_lent(tmp_path):
+    src = package(tmp_path / "cache", "A", b"assembly A")
+    (Path(src) / "passwd.dll").symlink_to("/etc/passwd")
+    folder = tmp_path / "sandboxes/pool/s1"
+    folder.mkdir(parents=True)
+    lend_packages(folder, ((src, "/nuget/a/1.0.0"),))
+    assert sorted(p.name for p in (folder / "a/1.0.0").iterdir()) == ["A.dll"]
+
+
 def test_a_compiled_script_is_only_reused_with_the_same_packages_by_content(tmp_path):
     one = package(tmp_path / "v1", "A", b"assembly A, build 1")
     same = package(tmp_path / "v1-again", "A", b"assembly A, build 1")
