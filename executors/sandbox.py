@@ -208,14 +208,15 @@ class _CappedReader(threading.Thread):
         return bytes(body[length:])
 
     def _keep(self, chunk: bytes) -> None:
+        # the output first: the moment `ended` is seen, the run may take the text and return
+        room = self.cap - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
         self.total += len(chunk)
         self.tail = (self.tail + chunk)[-32:]
         self.ended = self.end.search(self.tail) if self.end else None
         if self.ended:
             self.changed.set()
-        room = self.cap - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
 
     @property
     def size(self) -> int:

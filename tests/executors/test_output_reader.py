@@ -32,3 +32,25 @@ def test_the_cap_counts_output_only_and_the_frame_never_shows():
     assert over.text() == "x" * 10 and over.truncated and over.ended
     inside = read(b"x" * 8 + b"\0csrun-exit 1\n", cap=12)  # the cap falls inside the frame
     assert inside.text() == "x" * 8 and not inside.truncated
+
+
+class Seen(threading.Event):
+    """Records what the reader holds at the moment it tells the run that something changed."""
+
+    def __init__(self):
+        super().__init__()
+        self.reader, self.texts = None, []
+
+    def set(self):
+        self.texts.append(self.reader.text())
+        super().set()
+
+
+def test_when_the_run_is_told_the_frame_came_the_output_before_it_is_already_kept():
+    # the run returns as soon as both frames were seen: the output must be in by then (a CI run
+    # once returned an empty stdout when the frame was flagged before its chunk was kept)
+    seen = Seen()
+    reader = _CappedReader(io.BufferedReader(io.BytesIO(b"burst 6\n\0csrun-exit 0\n")), 1 << 20, EXIT_FRAME, seen)
+    seen.reader = reader
+    reader.run()
+    assert seen.texts[0] == "burst 6\n"
