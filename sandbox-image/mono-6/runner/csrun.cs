@@ -96,7 +96,6 @@ public static class CsRun
         string mode = args.Length > 0 ? args[0] : "run";
         string buildDir = Environment.GetEnvironmentVariable("CSRUN_BUILD_DIR");
         if (string.IsNullOrEmpty(buildDir)) buildDir = Path.Combine(Path.GetTempPath(), "csrun-build");
-        if (Environment.GetEnvironmentVariable("CSRUN_WARMUP") == "1") WarmUp(buildDir);
         bool artifacts = Environment.GetEnvironmentVariable("CSRUN_ARTIFACTS") == "1";
         byte[] input = ReadAllStdin(buildDir);
         Console.SetIn(TextReader.Null);
