@@ -162,6 +162,7 @@ class SandboxPool:
         if self.packages:
             shutil.rmtree(self.packages, ignore_errors=True)
             self.packages.mkdir(parents=True)
+            _remove_folders_of_dead_pools(self.packages.parent)
         self.cache = CompiledCache(pool.cache_mb << 20, spec.image)
         self.warmup = pool.warmup
         self.size = pool.size if pool.size >= 0 else node_slots(pool.agent_type)
@@ -183,6 +184,8 @@ class SandboxPool:
                 idle, self.idle = list(self.idle), deque()
             for sandbox in idle:
                 self._dispose(sandbox)
+            if self.packages:
+                shutil.rmtree(self.packages, ignore_errors=True)
             log.info("pool %s: no job for %g s; removing it", self.template.image, idle_s)
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
             return
@@ -309,6 +312,16 @@ class SandboxPool:
     def idle_count(self, warmed: bool = False) -> int:
         with self.lock:
             return sum(1 for sandbox in self.idle if sandbox.warmed or not warmed)
+
+
+def _remove_folders_of_dead_pools(packages_dir: Path) -> None:
+    """Package folders of pools that ended without retiring (their node or actor died): the
+    sandboxes that bound them are orphans the reaper removes."""
+    for folder in packages_dir.iterdir():
+        try:
+            ray.get_actor(folder.name, namespace=NAMESPACE)
+        except ValueError:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _references(spec: SandboxSpec) -> tuple[str, ...]:

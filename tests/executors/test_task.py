@@ -172,7 +172,18 @@ def test_a_job_with_packages_runs_in_a_pooled_sandbox_that_gets_only_its_package
     pool_ready()
     bare = run('Console.WriteLine(Directory.GetDirectories("/nuget").Length);')
     assert bare.stdout == "0\n"  # nothing of the previous job's packages
-    deadline = time.monotonic() + 30
-    while pooled_containers() - before or any((tmp_path / "cache/sandboxes").glob("*/*")):
-        assert time.monotonic() < deadline, "the idle pool left sandboxes or package folders"
-        time.sleep(0.5)
+    folders = tmp_path / "cache/sandboxes"
+
+    def retired() -> None:  # an idle pool removes its sandboxes and its folder
+        deadline = time.monotonic() + 30
+        while pooled_containers() - before or any(f.name != dead.name for f in folders.iterdir()):
+            assert time.monotonic() < deadline, "the idle pool left sandboxes or package folders"
+            time.sleep(0.5)
+
+    # a pool that ended without retiring (its node died) left its folder: the next pool there removes it
+    dead = folders / "sandbox-pool-0000000000000000-dead"
+    (dead / "pool-x/a/1.0.0").mkdir(parents=True)
+    retired()
+    assert run('Console.WriteLine("a new pool");').stdout == "a new pool\n"
+    assert not dead.exists()
+    retired()
