@@ -7,6 +7,7 @@ its number of sandbox slots; a job's Ray task asks for one unit of it.
 from dataclasses import dataclass
 
 from executors.nuget_packages import Target
+from executors.sandbox import END_FRAMES_ENV
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ MONO_6 = AgentType(
     nuget=Target(net=(4, 8), netstandard=None),
     artifacts=True,
     # end frames: the outcome is known when the runner is done, not when gVisor has torn down
-    env=(("CSRUN_END", "1"),),
+    env=(END_FRAMES_ENV,),
 )
 
 DOTNET_7 = AgentType(

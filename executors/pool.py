@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
+ARTIFACTS_ENV = ("CSRUN_ARTIFACTS", "1")  #: the runner hands out what it compiles (the compiled cache)
 WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
 
 
@@ -57,7 +58,7 @@ class PoolSpec:
 def template(spec: SandboxSpec, pool: PoolSpec) -> SandboxSpec:
     """The spec of a pooled sandbox for jobs like `spec`: same everything but the job and its packages."""
     env = (*[(k, v) for k, v in spec.env if k != REFERENCES_ENV],
-           *([("CSRUN_ARTIFACTS", "1")] if pool.cache_mb > 0 else []),
+           *([ARTIFACTS_ENV] if pool.cache_mb > 0 else []),
            *([(REFERENCES_ENV, "-")] if pool.packages_dir else []))
     return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300, env=env,
                    mounts=())
@@ -292,7 +293,7 @@ class SandboxPool:
                 except (SandboxGone, OSError):  # before the script reached it: a cold start instead
                     self._dispose(sandbox)
             if outcome is None:  # none ready (or it was gone): a cold start, as without the pool
-                sandbox = Sandbox(replace(spec, env=(*spec.env, ("CSRUN_ARTIFACTS", "1")) if self.cache.on else spec.env))
+                sandbox = Sandbox(replace(spec, env=(*spec.env, ARTIFACTS_ENV) if self.cache.on else spec.env))
                 outcome = sandbox.run(script, remove=False, artifact=compiled, keep_artifact=self.cache.on)
         except SandboxError:  # after: the job was stopped (DELETE) or the sandbox failed; never run it again
             self._dispose(sandbox, spec.name)

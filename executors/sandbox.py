@@ -148,13 +148,20 @@ EXIT_FRAME = re.compile(rb"\0csrun-exit (-?\d{1,10})\n\Z")
 END_FRAME = re.compile(rb"\0csrun-end\n\Z")
 
 
+#: in a sandbox's environment, it makes csrun write the end frames
+END_FRAMES_ENV = ("CSRUN_END", "1")
+
+
+def _frame(magic: bytes, body: bytes) -> bytes:
+    return magic + f"{len(body)}\n".encode() + body
+
+
 def artifact_frame(artifact: bytes) -> bytes:
-    return ARTIFACT_MAGIC + f"{len(artifact)}\n".encode() + artifact
+    return _frame(ARTIFACT_MAGIC, artifact)
 
 
 def references_frame(paths: tuple[str, ...]) -> bytes:
-    body = ":".join(paths).encode()
-    return REFERENCES_MAGIC + f"{len(body)}\n".encode() + body
+    return _frame(REFERENCES_MAGIC, ":".join(paths).encode())
 
 
 class _CappedReader(threading.Thread):
@@ -264,7 +271,7 @@ class Sandbox:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.changed = threading.Event()  #: a reader saw an end frame, or its stream's end
-        frames = ("CSRUN_END", "1") in spec.env  # only then is a frame at the end not the script's output
+        frames = END_FRAMES_ENV in spec.env  # only then is a frame at the end not the script's output
         self.out = _CappedReader(self.proc.stdout, spec.limits.output_bytes, EXIT_FRAME if frames else None, self.changed)
         self.err = _CappedReader(self.proc.stderr, spec.limits.output_bytes, END_FRAME if frames else None, self.changed)
         self.out.start()
@@ -330,15 +337,14 @@ class Sandbox:
                     except DockerException:
                         pass  # it ended meanwhile
                     break
-            told = not timed_out and not (self.out.eof and self.err.eof)  # by the runner's end frames
-            self.told = told
-            if not told:
+            self.told = not timed_out and not (self.out.eof and self.err.eof)  # by the runner's end frames
+            if not self.told:
                 self.proc.wait(timeout=30)
                 self.out.join(10)
                 self.err.join(10)
             finished = datetime.now(timezone.utc)
             self.artifact = self.out.frame
-            if told:
+            if self.told:
                 return Outcome(
                     exit_code=int(self.out.ended.group(1)) & 0xFF, stdout=self.out.text(), stderr=self.err.text(),
                     stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,

@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     #: agent type, 0 none (every job starts its container cold)
     pool_size: int = Field(-1, ge=-1, le=64)
     #: pooled runners compile a small program while they wait: ~0.3 s less per job, but that much
-    #: more CPU per job. auto: only while the node's pool runs no job (low load, where a user waits;
-    #: not in bursts, where CPU is the limit); always; never (true/false: always/never)
+    #: more CPU per job. auto: once the node's pool has run no job for a second (low load, where a
+    #: user waits; not in bursts, where CPU is the limit); always; never (true/false: always/never)
     pool_warmup: Literal["auto", "always", "never"] = "auto"
     #: a node's pool that had no job this long is removed, so that an autoscaler can remove the node
     pool_idle_s: float = Field(120.0, gt=0)
