@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CONTAINER_PREFIX = "dotnet-scripts-job-"
 LABEL = "dotnet-scripts.job"  #: every sandbox carries it, so orphans can be found and reaped
 DOCKER_ERROR = 125  #: `docker run` itself failed (daemon, image, options): not the script's fault
+KILLED = 137  #: the runner died of SIGKILL: the OOM killer's, our kill on timeout, or the script's own
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,7 @@ class Sandbox:
             self.out.expect_frame = keep_artifact and artifact is None
             data = b"".join((references_frame(references) if references else b"",
                              artifact_frame(artifact) if artifact is not None else b"", script.encode()))
+            kills = oom_kills()
             threading.Thread(target=_feed, args=(self.proc, data), daemon=True).start()
             timed_out, deadline = False, time.monotonic() + self.spec.limits.wall_time_s
             while True:  # until both streams end, or both end frames came last (the runner is done)
@@ -357,7 +359,7 @@ class Sandbox:
                 exit_code=None if timed_out else state.get("ExitCode", self.proc.returncode),
                 stdout=self.out.text(), stderr=self.err.text(),
                 stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,
-                timed_out=timed_out, out_of_memory=bool(state.get("OOMKilled")),
+                timed_out=timed_out, out_of_memory=killed_for_memory(state, timed_out, kills, oom_kills()),
                 started_at=started, finished_at=finished,
             )
         finally:
@@ -387,6 +389,26 @@ def _feed(proc: subprocess.Popen, data: bytes) -> None:
             proc.stdin.close()
         except OSError:
             pass
+
+
+def oom_kills() -> int | None:
+    """The host kernel's count of OOM kills so far, or None where it does not keep one."""
+    try:
+        with open("/proc/vmstat") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("oom_kill ")), None)
+    except (OSError, ValueError):
+        return None
+
+
+def killed_for_memory(state: dict, timed_out: bool, kills_before: int | None, kills_after: int | None) -> bool:
+    """Docker marks OOMKilled from the runtime's OOM event, which runsc's shim drops when the
+    container's cgroup is already gone (about 1 run in 25 under load). So a runner killed by
+    SIGKILL that we did not kill counts too if the kernel OOM-killed something meanwhile. Only a
+    script killing its own runner while another sandbox on the node is OOM-killed is mislabelled."""
+    if state.get("OOMKilled"):
+        return True
+    return (not timed_out and state.get("ExitCode") == KILLED
+            and kills_before is not None and kills_after is not None and kills_after > kills_before)
 
 
 def _state(name: str) -> dict | None:

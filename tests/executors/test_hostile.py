@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.sandbox import Limits, SandboxSpec, run_sandbox
+from executors.sandbox import KILLED, Limits, SandboxSpec, run_sandbox
 from tests.conftest import sandbox_containers
 
 WALL = 10
@@ -49,6 +49,18 @@ def test_a_child_process_is_allowed():
 def test_memory_bomb_is_killed_and_marked():
     o, took = run(MEMORY_BOMB)
     assert o.out_of_memory and o.exit_code != 0 and took < WALL + 5
+
+
+def test_memory_bombs_side_by_side_are_all_marked():
+    """Under load Docker sometimes misses runsc's OOM event; each bomb is still marked."""
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(lambda _: run(MEMORY_BOMB, memory_mb=128)[0], range(6)))
+    assert all(o.out_of_memory and o.exit_code == KILLED for o in outcomes), [(o.exit_code, o.out_of_memory) for o in outcomes]
+
+
+def test_a_script_killing_its_own_runner_is_not_out_of_memory():
+    o, _ = run(SH.format('Sh("kill -9 1\\n");\nWriteLine("survived");'))
+    assert o.exit_code == KILLED and not o.out_of_memory and "survived" not in o.stdout
 
 
 @pytest.mark.parametrize("path, limit_mb", [("fill", 8), ("/tmp/fill", 4)], ids=["work-dir", "tmp"])

@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from executors.sandbox import LABEL, Limits, SandboxSpec, docker_run_args
+from executors.sandbox import KILLED, LABEL, Limits, SandboxSpec, docker_run_args, killed_for_memory, oom_kills
 
 SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
                    limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=50, nofile=64,
@@ -82,3 +82,25 @@ def test_packages_are_mounted_read_only_and_listed_for_the_runner():
     assert "CSRUN_REFERENCES=/nuget/a/1.0.0/A.dll" in option(args, "--env")
     assert args[-2:] == ["i", "c"]
     assert option(docker_run_args(SPEC), "--mount") == []  # nothing of the host without packages
+
+
+def test_docker_s_oom_mark_is_trusted():
+    assert killed_for_memory({"OOMKilled": True, "ExitCode": KILLED}, False, None, None)
+
+
+def test_a_sigkill_while_the_kernel_oom_killed_counts_when_docker_missed_the_event():
+    assert killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, False, 10, 11)
+
+
+def test_a_sigkill_without_an_oom_kill_is_not_memory():
+    assert not killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, False, 10, 10)
+    assert not killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, False, None, None)
+
+
+def test_our_timeout_kill_and_other_exits_are_not_memory():
+    assert not killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, True, 10, 11)
+    assert not killed_for_memory({"OOMKilled": False, "ExitCode": 1}, False, 10, 11)
+
+
+def test_the_host_keeps_an_oom_kill_count():
+    assert isinstance(oom_kills(), int)
