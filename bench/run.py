@@ -1,6 +1,6 @@
 """One command, side-by-side latency and throughput figures (prints a table, writes JSON).
 
-    .venv/bin/python bench/run.py [--runs 10] [--jobs 200] [--out bench/results.json]
+    .venv/bin/python bench/run.py [--runs 10] [--jobs 200] [--engine docker|runsc] [--out bench/results.json]
 
 1. floor: the same scripts through the same runner (csrun) with the same Mono, on the host;
 2. one `docker run --runtime=runsc` per script (the original service's architecture);
@@ -165,15 +165,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--engine", choices=["docker", "runsc"], default="docker",
+                    help="what starts the service's sandboxes (SANDBOX_ENGINE); docker is the default")
     ap.add_argument("--out", default=str(ROOT / "bench/results.json"))
     a = ap.parse_args()
-    results: dict = {"runs": a.runs, "jobs": a.jobs, "slots": a.slots, "latency_s": {}, "throughput": {}, "memory_mib": {}}
+    results: dict = {"runs": a.runs, "jobs": a.jobs, "slots": a.slots, "engine": a.engine, "latency_s": {},
+                     "throughput": {}, "memory_mib": {}}
 
     host_cmd = floor_runner()
     host_env = {**os.environ, "MONO_PATH": "/usr/lib/mono/4.5"}
     docker_cmd = ["docker", "run", "--rm", "-i", "--runtime=runsc", "--network=none"]
     with tempfile.TemporaryDirectory() as tmp, serve_feed(build_packages(Path(tmp) / "src")) as feed, \
-            api_service(Path(tmp), LOCAL_SLOTS=str(a.slots), DATABASE_URL=f"sqlite:///{tmp}/bench.db",
+            api_service(Path(tmp), LOCAL_SLOTS=str(a.slots), DATABASE_URL=f"sqlite:///{tmp}/bench.db", SANDBOX_ENGINE=a.engine,
                         EGRESS_ALLOW="127.0.0.1/32", NUGET_CACHE_DIR=f"{tmp}/nuget") as svc:
         client = httpx.Client(base_url=svc.url, timeout=120)
         service_pid = _service_pid(svc.url)

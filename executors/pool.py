@@ -226,8 +226,8 @@ class SandboxPool:
     @staticmethod
     def _dispose(sandbox: Sandbox, name: str | None = None) -> None:
         """Removes a sandbox (under the job's name once taken) and its package folder."""
-        if name is None:
-            sandbox.discard()
+        if sandbox is not None:
+            sandbox.discard()  # under the job's name once taken
         else:
             remove_container(name)
         if sandbox is not None and sandbox.folder:

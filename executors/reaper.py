@@ -1,4 +1,5 @@
-"""Removes sandbox containers whose job can no longer be waiting for them.
+"""Removes sandbox containers whose job can no longer be waiting for them (Docker's and those
+runsc alone started).
 
 Every sandbox carries the job id, a deadline (its wall time plus a margin) and the Ray node that
 started it as labels. A container past its deadline belongs to a task that died (worker killed,
@@ -10,6 +11,7 @@ import logging
 import subprocess
 import time
 
+from executors import runsc
 from executors.sandbox import LABEL
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,17 @@ def reap(everything: bool = False, dead_nodes: set[str] = frozenset()) -> list[s
     doomed = [name for name, labels in sandboxes().items() if everything or orphaned(labels, now, dead_nodes)]
     if doomed:
         subprocess.run(["docker", "rm", "--force", *doomed], capture_output=True, timeout=60)
-        log.info("reaped %d sandbox containers", len(doomed))
-    return doomed
+    # those runsc alone started: the same labels, kept as their bundles' annotations
+    alone = [name for name, labels in runsc.sandboxes().items() if everything or orphaned(labels, now, dead_nodes)]
+    for name in alone:
+        runsc.remove(name)
+    for cid in runsc.stale():
+        runsc.forget(cid)
+    runsc.forget_dead_jobs()
+    runsc.prune_cgroups()
+    if doomed or alone:
+        log.info("reaped %d sandbox containers", len(doomed) + len(alone))
+    return doomed + alone
 
 
 def dead_ray_nodes() -> set[str]:

@@ -56,6 +56,8 @@ if [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > .venv/.stamp
 fi
 
-# 5. The sandbox image (skipped when the recipe has not changed)
+# 5. The sandbox image (skipped when the recipe has not changed), and its read-only copy for
+#    sandboxes that runsc starts alone (once per image id; the first job need not wait for it)
 bash sandbox-image/build.sh mono-6
+.venv/bin/python -c 'from executors.runsc import image_rootfs; image_rootfs("dotnet-scripts/mono-6")'
 log "ready"

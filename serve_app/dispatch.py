@@ -54,7 +54,8 @@ def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str, config:
     limits, network = job_profile(settings, agent_type, config)
     return SandboxSpec(job_id=str(job_id), image=t.image, command=t.command, runtime=settings.sandbox_runtime,
                        user=t.user, work_dir=t.work_dir, network=network,
-                       egress_allow=tuple(settings.egress_allow), limits=limits, env=t.env)
+                       egress_allow=tuple(settings.egress_allow), limits=limits, env=t.env,
+                       engine=settings.sandbox_engine)
 
 
 def nuget_spec(settings: Settings, agent_type: str, config: JobConfig | None) -> NuGetSpec | None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from executors import runsc
+from executors.sandbox import remove_container
 from tests.nuget_feed import build_packages, serve
 from tests.services import api_service, postgres
 
@@ -20,11 +22,16 @@ MEMORY_MB = 256
 POOLED = "dotnet-scripts-job-pool-"  #: pre-started sandboxes waiting for a job: not left behind
 
 
-def sandbox_containers(pooled: bool = False) -> list[str]:
-    """Names of the sandbox containers that exist now (those of jobs; with `pooled`, idle ones too)."""
-    out = subprocess.run(["docker", "ps", "-a", "--filter", "label=dotnet-scripts.job", "--format", "{{.Names}}"],
-                         capture_output=True, text=True, check=True).stdout
-    return [n for n in out.split() if pooled or not n.startswith(POOLED)]
+def sandbox_containers(pooled: bool = False, running: bool = False) -> list[str]:
+    """Names of the sandboxes that exist now (those of jobs; with `pooled`, idle ones too; with
+    `running`, Docker's running ones only), whether Docker or runsc alone started them. A pooled
+    sandbox that a job took goes by the job's name."""
+    out = subprocess.run(["docker", "ps", *([] if running else ["-a"]), "--filter", "label=dotnet-scripts.job",
+                          "--format", "{{.Names}}"], capture_output=True, text=True, check=True).stdout
+    names = set(out.split()) | set(runsc.sandboxes())
+    if runsc.JOBS_DIR.is_dir():
+        names |= {link.name for link in runsc.JOBS_DIR.iterdir() if (runsc.BUNDLES_DIR / os.readlink(link)).is_dir()}
+    return sorted(n for n in names if pooled or not n.startswith(POOLED))
 
 
 def containers_created(job_id: str, since: str) -> list[str]:
@@ -36,8 +43,26 @@ def containers_created(job_id: str, since: str) -> list[str]:
         return subprocess.run(["docker", "events", "--since", since, "--until", until, *filters, "--format", "{{.ID}}"],
                               capture_output=True, text=True, check=True, timeout=30).stdout.split()
 
+    alone = [name for action, name, job in runsc.events(float(since)) if gave(action, name, job, job_id)]
     return (events("--filter", f"label=dotnet-scripts.job={job_id}", "--filter", "event=create")
-            + events("--filter", f"container=dotnet-scripts-job-{job_id}", "--filter", "event=rename"))
+            + events("--filter", f"container=dotnet-scripts-job-{job_id}", "--filter", "event=rename") + alone)
+
+
+def pooled_sandboxes_taken(job_id: str, since: str) -> list[str]:
+    """The pre-started sandboxes a job took since a Unix time (renamed by Docker, or taken from runsc's)."""
+    name = f"dotnet-scripts-job-{job_id}"
+    renamed = subprocess.run(
+        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1), "--filter", "event=rename",
+         "--filter", f"container={name}", "--format", "{{.Actor.Attributes.oldName}}"],
+        capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    return [n.lstrip("/") for n in renamed] + [taken for action, job, taken in runsc.events(float(since))
+                                               if action == "take" and job == name]
+
+
+def gave(action: str, name: str, job: str, job_id: str) -> bool:
+    """Whether a Docker or runsc event gave the job a sandbox: one created for it, or a pooled one
+    renamed (Docker) or taken (runsc) under its name."""
+    return (action == "create" and job == job_id) or (action in ("rename", "take") and name == f"dotnet-scripts-job-{job_id}")
 
 
 class ContainerStarts:
@@ -51,18 +76,19 @@ class ContainerStarts:
              "--format", "{{.Action}}\t{{index .Actor.Attributes \"name\"}}\t{{index .Actor.Attributes \"dotnet-scripts.job\"}}"],
             stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)  # subscribed before the first job is submitted
+        self.since = time.time()
         self.lines: list[str] = []
 
     def stop(self) -> None:
         time.sleep(1)
         self.proc.terminate()
         self.lines = self.proc.communicate(timeout=30)[0].splitlines()
+        self.lines += ["\t".join(e) for e in runsc.events(self.since)]
 
     def of(self, job_id: str) -> int:
         n = 0
         for line in self.lines:
-            action, name, job = (line.split("\t") + ["", ""])[:3]
-            if (action == "create" and job == job_id) or (action == "rename" and name == f"dotnet-scripts-job-{job_id}"):
+            if gave(*(line.split("\t") + ["", ""])[:3], job_id):
                 n += 1
         return n
 
@@ -105,12 +131,15 @@ def service(database_url, tmp_path_factory):
                MEMORY_MB=str(MEMORY_MB), OUTPUT_BYTES="65536",
                # the test NuGet feed listens on loopback: allowed here as an operator would allow an internal feed
                EGRESS_ALLOW="127.0.0.1/32", NUGET_CACHE_DIR=str(tmp_path_factory.mktemp("nuget-cache")),
-               NUGET_MAX_EXTRACT_MB="16")
+               NUGET_MAX_EXTRACT_MB="16",
+               # the API's tests run on runsc alone; the cluster's (tests/cluster) on the default, Docker
+               SANDBOX_ENGINE="runsc")
     with api_service(tmp_path_factory.mktemp("service"), **env) as svc:
         yield svc
     left = sandbox_containers()
     if left:
-        subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
+        for name in left:
+            remove_container(name)
         pytest.fail(f"{len(left)} sandbox containers were left behind")
 
 
@@ -177,6 +206,10 @@ def leftovers() -> list[str]:
     found += [f"docker network {n}" for n in nets]
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("ds-")]
+    if runsc.STATE_DIR.is_dir():
+        alone = subprocess.run(runsc.runsc("list", "-quiet"), capture_output=True, text=True).stdout.split()
+        found += [f"runsc sandbox {c}" for c in alone]
+    found += [f"cgroup {d}" for d in Path("/sys/fs/cgroup").glob(f"*{runsc.CGROUP_PARENT}/*") if d.is_dir()]
     mounts = open("/proc/mounts").read()
     found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if "dotnet-scripts" in line]
     return found

@@ -3,6 +3,7 @@ is unharmed. (SECURITY.md maps each control to these tests.)"""
 
 import os
 import resource
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,18 @@ from executors.sandbox import KILLED, Limits, SandboxSpec, run_sandbox
 from tests.conftest import sandbox_containers
 
 WALL = 10
+ENGINE = "runsc"
+
+
+@pytest.fixture(autouse=True, params=["runsc", "docker"])
+def engine(request, monkeypatch):
+    """Every test, on both ways of starting a sandbox: runsc alone and through Docker."""
+    monkeypatch.setattr(sys.modules[__name__], "ENGINE", request.param)
+    return request.param
 
 
 def run(script: str, **limits):
-    spec = SandboxSpec(job_id=f"hostile-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+    spec = SandboxSpec(job_id=f"hostile-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command, engine=ENGINE,
                        limits=Limits(**{"wall_time_s": WALL, "memory_mb": 256, **limits}))
     start = time.monotonic()
     outcome = run_sandbox(spec, script)

@@ -1,8 +1,10 @@
 """The Ray task on a real in-process Ray: it runs a job where its agent type is offered, and the
 reaper removes the sandbox of a task whose worker was killed."""
 
-import subprocess
+import os
+import signal
 import time
+from pathlib import Path
 import uuid
 
 import pytest
@@ -11,10 +13,11 @@ import ray
 from cluster.agent_types import MONO_6
 from executors.pool import NAMESPACE, PoolSpec, pool_name
 from executors.reaper import reap
-from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec
+from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec, remove_container
 from executors.nuget_config import parse
 from executors.nuget_restore import NuGetSpec
 from executors.task import run_job
+from tests.conftest import POOLED, sandbox_containers
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +39,36 @@ def test_events_then_outcome_through_the_object_store(local_ray):
     assert items[1]["outcome"].stdout == "via ray\n"
 
 
+def starter_of(name: str) -> int | None:
+    """The pid of the process that started the sandbox of this name (`runsc run` or `docker run`)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if name.encode() in args and b"run" in args:
+            return int(proc.name)
+    return None
+
+
 def test_the_sandbox_of_a_killed_task_is_reaped(local_ray):
     s = spec(limits=Limits(wall_time_s=2), reap_grace_s=1)
     gen = run_job.options(resources={MONO_6.name: 1}).remote(s, "while (true) { }")
     assert ray.get(next(gen))["event"] == "RUNNING"
-    names = lambda: subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],  # noqa: E731
-                                   capture_output=True, text=True).stdout.split()
     deadline = time.monotonic() + 20
-    while s.name not in names():
+    while (starter := starter_of(s.name)) is None or s.name not in sandbox_containers():
         assert time.monotonic() < deadline
-        time.sleep(0.1)
-    ray.cancel(gen, force=True)  # the worker process is killed: nobody will remove the container
+        time.sleep(0.05)
+    worker = int(Path(f"/proc/{starter}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(worker, signal.SIGKILL)  # the task's worker dies: nobody will remove its sandbox
     time.sleep(4)  # past wall time + grace
     assert s.name in reap()
-    assert s.name not in names()
-    assert all(not n.startswith(CONTAINER_PREFIX + "task-") for n in names())
+    assert s.name not in sandbox_containers()
+    assert all(not n.startswith(CONTAINER_PREFIX + "task-") for n in sandbox_containers())
 
 
 def pooled_containers() -> set[str]:
-    out = subprocess.run(["docker", "ps", "-a", "--filter", "name=dotnet-scripts-job-pool-", "--format", "{{.Names}}"],
-                         capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    return {n for n in sandbox_containers(pooled=True) if n.startswith(POOLED)}
 
 
 def test_the_pool_holds_one_sandbox_per_slot_of_the_node_warmed_up_while_no_job_runs(local_ray):
@@ -80,7 +92,8 @@ def test_the_pool_holds_one_sandbox_per_slot_of_the_node_warmed_up_while_no_job_
         ray.kill(pool)
         left = pooled_containers() - before
         if left:
-            subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
+            for name in left:
+                remove_container(name)
 
 
 def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_runs(local_ray):
@@ -108,8 +121,7 @@ def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_run
     gen = run_job.options(resources={MONO_6.name: 1}).remote(again, 'Console.WriteLine("again");', quick)
     assert ray.get(list(gen)[-1])["outcome"].stdout == "again\n"  # a new pool
     retired()
-    left = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
-    assert not {s.name, again.name} & set(left) and pooled_containers() - before == set()
+    assert not {s.name, again.name} & set(sandbox_containers()) and pooled_containers() - before == set()
 
 
 def test_a_repeated_script_runs_from_the_pools_compiled_cache(local_ray):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import MONO, ROOT, containers_created
+from tests.conftest import MONO, ROOT, containers_created, sandbox_containers
 
 
 def body(**over):
@@ -118,17 +118,17 @@ def test_deleting_a_running_job_stops_its_sandbox(client, jobs):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     name = f"dotnet-scripts-job-{job_id}"
-    while name not in subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout:
+    while name not in sandbox_containers(running=True):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert client.delete(f"/jobs/{job_id}").status_code == 200
     stopped = time.monotonic()
-    while name in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout:
+    while name in sandbox_containers():
         assert time.monotonic() - stopped < 5, "the sandbox is still there 5 s after DELETE"
         time.sleep(0.1)
     assert client.get(f"/jobs/{job_id}").status_code == 404
     time.sleep(2)  # and it is not started again (a pooled run once fell back to a cold start here)
-    assert name not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert name not in sandbox_containers()
 
 
 def test_deleting_a_pending_job_means_it_never_runs(client, jobs):

@@ -1,10 +1,9 @@
 """Scripts in, output out: through HTTP, a real Ray, Docker and the gVisor runtime."""
 
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import MONO, WALL_TIME_S, containers_created, sandbox_containers
+from tests.conftest import MONO, WALL_TIME_S, containers_created, pooled_sandboxes_taken, sandbox_containers
 
 
 def test_hello_world(jobs):
@@ -140,11 +139,8 @@ def test_jobs_take_pre_started_sandboxes_from_the_pool(jobs):
     jobs.run('Console.WriteLine("warm-up");')  # the pool fills while this runs
     time.sleep(3)
     job = jobs.run('Console.WriteLine("pooled");')
-    renamed = subprocess.run(
-        ["docker", "events", "--since", since, "--until", str(int(time.time()) + 1), "--filter", "event=rename",
-         "--filter", f"container=dotnet-scripts-job-{job['jobId']}", "--format", "{{.Actor.Attributes.oldName}}"],
-        capture_output=True, text=True, check=True, timeout=30).stdout.split()
-    assert len(renamed) == 1 and renamed[0].lstrip("/").startswith("dotnet-scripts-job-pool-")
+    taken = pooled_sandboxes_taken(job["jobId"], since)
+    assert len(taken) == 1 and taken[0].startswith("dotnet-scripts-job-pool-")
     assert job["result"]["stdout"] == "pooled\n"
 
 

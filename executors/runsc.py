@@ -1,0 +1,285 @@
+"""Sandboxes started by gVisor's runsc alone, without Docker (`SandboxSpec.engine == "runsc"`).
+
+Docker's machinery (dockerd, containerd, the shim and the runsc invocations it makes) costs about
+0.2 core-seconds per container on top of gVisor's own start (bench/sandbox_cost.py); on 2 cores
+that is a third of a job. Here the node keeps a read-only copy of the image's file system, writes
+an OCI bundle per sandbox (`oci_config`, a pure function of the spec, mirroring `docker_run_args`)
+and runs `runsc run` on it: the same runtime, limits and hardening, one process fewer layers.
+
+Sandboxes with network "egress" stay with Docker: their filtered bridge is Docker's network.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+RUN_DIR = Path("/run/dotnet-scripts/runsc")  #: the state of this node's runsc sandboxes
+STATE_DIR = RUN_DIR / "state"  #: runsc's own (`--root`)
+BUNDLES_DIR = RUN_DIR / "bundles"  #: one OCI bundle per sandbox, named like its container
+JOBS_DIR = RUN_DIR / "jobs"  #: a job's name → the pooled sandbox it took (runsc cannot rename)
+#: what `docker events` tells of Docker's: each sandbox created (and for which job), each taken by
+#: a job (under the job's name); tab separated, the last ~1 MiB (the previous one in events.1)
+EVENTS = RUN_DIR / "events"
+EVENTS_MAX_BYTES = 1 << 20
+ROOTFS_DIR = Path("/var/lib/dotnet-scripts/rootfs")  #: read-only copies of the images, by image id
+CGROUP_PARENT = "/dotnet-scripts"
+#: as under Docker; the image itself sets no PATH
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+START_FAILED = 128  #: `runsc run` itself failed (its message on stderr): not the script's fault
+
+
+def runsc(*args: str) -> list[str]:
+    """A runsc command line on this node's state; network "none" is the only one used here."""
+    return ["runsc", "--root", str(STATE_DIR), "--network=none", *args]
+
+
+def oci_config(spec, rootfs: str, image_env: tuple[str, ...], labels: dict[str, str]) -> dict:
+    """The OCI runtime configuration of a sandbox: what `docker_run_args` asks Docker for."""
+    lim = spec.limits
+    uid_s, _, gid_s = spec.user.partition(":")
+    uid, gid = int(uid_s), int(gid_s or uid_s)
+
+    def tmpfs(dst: str, size_mb: int, mode: str = "0700") -> dict:
+        return {"destination": dst, "type": "tmpfs", "source": "tmpfs",
+                "options": ["rw", "nosuid", "nodev", "exec", f"uid={uid}", f"gid={gid}", f"mode={mode}",
+                            f"size={size_mb}m"]}
+
+    env = list(image_env)
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, DEFAULT_PATH)
+    env += ["HOSTNAME=sandbox", "DOTNET_CLI_TELEMETRY_OPTOUT=1", *(f"{k}={v}" for k, v in spec.env)]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid},
+            "args": list(spec.command),
+            "env": env,
+            "cwd": spec.work_dir,
+            "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": lim.nofile, "soft": lim.nofile},
+                        {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": rootfs, "readonly": True},
+        "hostname": "sandbox",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            tmpfs(spec.work_dir, lim.disk_mb),
+            tmpfs("/tmp", lim.tmp_mb),
+            *({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "nodev"]}
+              for src, dst in spec.mounts),
+        ],
+        "annotations": labels,
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "resources": {
+                "memory": {"limit": lim.memory_mb << 20, "swap": lim.memory_mb << 20},
+                "cpu": {"quota": int(lim.cpus * 100_000), "period": 100_000},
+                "pids": {"limit": lim.pids},
+            },
+            "cgroupsPath": f"{CGROUP_PARENT}/{spec.name}",
+        },
+    }
+
+
+def image_rootfs(image: str) -> tuple[str, tuple[str, ...]]:
+    """The image's file system as a read-only directory of this node, exported once per image
+    id, and its environment. Raises subprocess.CalledProcessError (our fault: no such image)."""
+    inspect = json.loads(subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                                        text=True, check=True).stdout)[0]
+    rootfs = ROOTFS_DIR / inspect["Id"].removeprefix("sha256:")[:32]
+    env = tuple(inspect["Config"].get("Env") or ())
+    if rootfs.is_dir():
+        return str(rootfs), env
+    ROOTFS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(ROOTFS_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one export at a time on the node (several pools may start)
+        if not rootfs.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=ROOTFS_DIR, prefix=".export-"))
+            cid = subprocess.run(["docker", "create", image], capture_output=True, text=True, check=True).stdout.strip()
+            try:
+                exporter = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
+                subprocess.run(["tar", "-x", "--numeric-owner", "-C", str(tmp)], stdin=exporter.stdout, check=True)
+                if exporter.wait() != 0:
+                    raise subprocess.CalledProcessError(exporter.returncode, "docker export")
+                # what Docker would mount: the sandbox's name and a hosts file without network
+                (tmp / "etc/hostname").write_text("sandbox\n")
+                (tmp / "etc/hosts").write_text(HOSTS)
+                tmp.chmod(0o755)
+                tmp.rename(rootfs)
+            finally:
+                subprocess.run(["docker", "rm", cid], capture_output=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+            _prune_rootfs(keep=rootfs)
+    return str(rootfs), env
+
+
+def _prune_rootfs(keep: Path) -> None:
+    """Removes the copies of images no longer on the node (the sandbox image was rebuilt)."""
+    ids = set(subprocess.run(["docker", "image", "ls", "-q", "--no-trunc"], capture_output=True, text=True).stdout.split())
+    live = {i.removeprefix("sha256:")[:32] for i in ids}
+    for d in ROOTFS_DIR.iterdir():
+        if d != keep and d.is_dir() and not d.name.startswith(".") and d.name not in live:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def record(action: str, name: str, job: str = "") -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(EVENTS, "a") as f:  # one short append: whole lines even from several processes
+        f.write(f"{time.time():.3f}\t{action}\t{name}\t{job}\n")
+        if f.tell() > EVENTS_MAX_BYTES:
+            os.replace(EVENTS, EVENTS.with_suffix(".1"))
+
+
+def events(since: float) -> list[tuple[str, str, str]]:
+    """(action, name, job) recorded since a Unix time, oldest first."""
+    found = []
+    for path in (EVENTS.with_suffix(".1"), EVENTS):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            at, action, name, job = (line.split("\t") + ["", "", ""])[:4]
+            if float(at) >= since:
+                found.append((action, name, job))
+    return found
+
+
+def write_bundle(spec, labels: dict[str, str]) -> Path:
+    rootfs, env = image_rootfs(spec.image)
+    bundle = BUNDLES_DIR / spec.name
+    bundle.mkdir(parents=True, exist_ok=False)
+    (bundle / "config.json").write_text(json.dumps(oci_config(spec, rootfs, env, labels)))
+    record("create", spec.name, spec.job_id)
+    return bundle
+
+
+def run_args(spec, bundle: Path) -> list[str]:
+    return runsc("run", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), spec.name)
+
+
+def started(name: str) -> bool:
+    """Whether the sandbox exists (runsc wrote its pid file once it created it)."""
+    return (BUNDLES_DIR / name / "pid").exists()
+
+
+def take(name: str, job_name: str) -> None:
+    """Gives a pooled sandbox the job's name, so the job is stopped by name as under Docker."""
+    JOBS_DIR.mkdir(parents=True, exist_ok=True)
+    link = JOBS_DIR / job_name
+    link.unlink(missing_ok=True)
+    link.symlink_to(name)
+    record("take", job_name, name)
+
+
+def container_of(name: str) -> str | None:
+    """The runsc sandbox known by this name (its own, or a job's that took it), if any."""
+    link = JOBS_DIR / name
+    if link.is_symlink():
+        return os.readlink(link)
+    return name if (BUNDLES_DIR / name).is_dir() else None
+
+
+def exists(cid: str) -> bool:
+    return subprocess.run(runsc("state", cid), capture_output=True, timeout=30).returncode == 0
+
+
+def remove(name: str) -> bool:
+    """Kills and removes the runsc sandbox of this name from any process (a job stopped, the
+    reaper): its `runsc run`, if alive, then destroys it; if that is gone too, `runsc delete`
+    does (it would wait 5 s for an exit only that parent sees, so it is not asked first). Then its
+    cgroups, bundle and job name go. False: none is known by this name here (Docker's, or gone)."""
+    cid = container_of(name)
+    (JOBS_DIR / name).unlink(missing_ok=True)
+    if cid is None:
+        return False
+    shutil.rmtree(BUNDLES_DIR / cid, ignore_errors=True)  # first: its owner then sees it was stopped
+    if exists(cid):
+        killed = subprocess.run(runsc("kill", cid, "KILL"), capture_output=True, timeout=30).returncode == 0
+        deadline = time.monotonic() + 2
+        while killed and exists(cid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if exists(cid):
+            subprocess.run(runsc("delete", "--force", cid), capture_output=True, timeout=60)
+    release(name, cid)
+    return True
+
+
+def release(name: str, cid: str) -> None:
+    """What is left of a sandbox once its `runsc run` returned (that destroyed it): the cgroups
+    if it could not, the bundle, the job's name."""
+    (JOBS_DIR / name).unlink(missing_ok=True)
+    for cgroup in (*Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}/{cid}"), Path(f"/sys/fs/cgroup{CGROUP_PARENT}/{cid}")):
+        try:
+            cgroup.rmdir()
+        except OSError:
+            pass  # gone, or (v1) the same directory by another controller's name
+    shutil.rmtree(BUNDLES_DIR / cid, ignore_errors=True)
+
+
+def stale() -> list[str]:
+    """Stopped sandboxes runsc still keeps whose bundle is gone (their `runsc run` was killed)."""
+    if not STATE_DIR.is_dir():
+        return []
+    out = subprocess.run(runsc("list", "-format", "json"), capture_output=True, text=True, timeout=30).stdout
+    return [c["id"] for c in json.loads(out or "null") or ()
+            if c.get("status") == "stopped" and not (BUNDLES_DIR / c["id"]).is_dir()]
+
+
+def forget(cid: str) -> None:
+    """Removes what runsc keeps of a dead sandbox without a bundle (see `stale`)."""
+    subprocess.run(runsc("delete", "--force", cid), capture_output=True, timeout=60)
+    release(cid, cid)
+
+
+def prune_cgroups() -> None:
+    """Removes the cgroups of sandboxes that have no bundle any more (empty ones only: rmdir)."""
+    for cgroup in (*Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}/*"), *Path(f"/sys/fs/cgroup{CGROUP_PARENT}").glob("*")):
+        if cgroup.is_dir() and not (BUNDLES_DIR / cgroup.name).is_dir():
+            try:
+                cgroup.rmdir()
+            except OSError:
+                pass  # still in use, or not a sandbox's
+
+
+def kill(name: str) -> None:
+    cid = container_of(name)
+    if cid:
+        subprocess.run(runsc("kill", cid, "KILL"), capture_output=True, timeout=30)
+
+
+def sandboxes() -> dict[str, dict[str, str]]:
+    """This node's runsc sandboxes: name → labels (their bundles' annotations)."""
+    found = {}
+    if BUNDLES_DIR.is_dir():
+        for bundle in BUNDLES_DIR.iterdir():
+            try:
+                found[bundle.name] = json.loads((bundle / "config.json").read_text()).get("annotations", {})
+            except (OSError, ValueError):
+                # half written, or half removed: an orphan once it is a minute old
+                if time.time() - bundle.stat().st_mtime > 60:
+                    found[bundle.name] = {}
+    return found
+
+
+def forget_dead_jobs() -> None:
+    """Removes job names whose sandbox is gone."""
+    if JOBS_DIR.is_dir():
+        for link in JOBS_DIR.iterdir():
+            if not (BUNDLES_DIR / os.readlink(link)).is_dir():
+                link.unlink(missing_ok=True)

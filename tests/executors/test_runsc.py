@@ -1,0 +1,156 @@
+"""Sandboxes started by runsc alone: the OCI configuration (pure) mirrors Docker's arguments, and
+against the real runsc a sandbox is stopped by its job's name, an orphan is reaped with its
+cgroups, and a start failure is ours, not the script's."""
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cluster.agent_types import MONO_6
+from executors import runsc
+from executors.reaper import reap
+from executors.sandbox import LABEL, Limits, Sandbox, SandboxError, SandboxSpec, labels, run_sandbox, stop_job_sandbox, via_runsc
+from tests.conftest import sandbox_containers
+
+SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_id="n1",
+                   limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=99, nofile=77, disk_mb=8, tmp_mb=4),
+                   mounts=(("/host/pkgs", "/nuget/a"),), env=(("CSRUN_END", "1"),))
+
+
+def config(spec: SandboxSpec = SPEC) -> dict:
+    return runsc.oci_config(spec, "/roots/abc", ("LANG=C.UTF-8", "HOME=/sandbox"), labels(spec))
+
+
+def test_only_gvisor_without_network_is_started_alone():
+    assert via_runsc(SPEC)
+    assert not via_runsc(replace(SPEC, network="egress"))  # Docker's bridge network
+    assert not via_runsc(replace(SPEC, runtime="runc"))
+    assert not via_runsc(replace(SPEC, engine="docker"))
+
+
+def test_the_process_runs_unprivileged_with_the_runner_and_its_environment():
+    p = config()["process"]
+    assert p["args"] == ["mono", "run.exe"] and p["user"] == {"uid": 10001, "gid": 10001} and p["cwd"] == "/sandbox"
+    assert p["noNewPrivileges"] is True and not p["terminal"]
+    assert all(caps == [] for caps in p["capabilities"].values()) and len(p["capabilities"]) == 5
+    assert p["env"][0].startswith("PATH=") and "CSRUN_END=1" in p["env"] and "HOME=/sandbox" in p["env"]
+    assert {"type": "RLIMIT_NOFILE", "hard": 77, "soft": 77} in p["rlimits"]
+    assert {"type": "RLIMIT_CORE", "hard": 0, "soft": 0} in p["rlimits"]
+
+
+def test_limits_are_the_cgroups_of_the_sandbox():
+    linux = config()["linux"]
+    assert linux["resources"] == {"memory": {"limit": 300 << 20, "swap": 300 << 20},
+                                  "cpu": {"quota": 50_000, "period": 100_000}, "pids": {"limit": 99}}
+    assert linux["cgroupsPath"] == f"{runsc.CGROUP_PARENT}/{SPEC.name}"
+    assert {n["type"] for n in linux["namespaces"]} == {"pid", "network", "ipc", "uts", "mount"}
+
+
+def test_read_only_root_sized_tmpfs_for_the_work_dir_and_tmp_and_read_only_packages():
+    c = config()
+    assert c["root"] == {"path": "/roots/abc", "readonly": True} and c["hostname"] == "sandbox"
+    mounts = {m["destination"]: m for m in c["mounts"]}
+    for dst, size in (("/sandbox", "size=8m"), ("/tmp", "size=4m")):
+        assert mounts[dst]["type"] == "tmpfs" and size in mounts[dst]["options"]
+        assert {"uid=10001", "gid=10001", "mode=0700", "nosuid", "nodev"} <= set(mounts[dst]["options"])
+    assert mounts["/nuget/a"]["source"] == "/host/pkgs" and "ro" in mounts["/nuget/a"]["options"]
+    assert "ro" in mounts["/sys"]["options"]
+
+
+def test_the_reaper_s_labels_are_the_bundle_s_annotations():
+    a = config()["annotations"]
+    assert a[LABEL] == "j1" and a[f"{LABEL}.node"] == "n1"
+    assert abs(float(a[f"{LABEL}.deadline"]) - (time.time() + 5 + SPEC.reap_grace_s)) < 5
+
+
+def spec(**kw) -> SandboxSpec:
+    return SandboxSpec(**{"job_id": f"alone-{uuid.uuid4()}", "image": MONO_6.image, "command": MONO_6.command,
+                          "env": MONO_6.env, "limits": Limits(wall_time_s=30), **kw})
+
+
+def cgroups(cid: str) -> list[Path]:
+    return [d for d in Path("/sys/fs/cgroup").glob(f"*{runsc.CGROUP_PARENT}/{cid}") if d.is_dir()]
+
+
+def test_a_taken_sandbox_is_stopped_by_its_job_s_name():
+    s = Sandbox(spec())
+    assert s.wait_started()
+    job = f"alone-job-{uuid.uuid4()}"
+    got = {}
+    try:
+        runner = threading.Thread(target=lambda: got.update(e=_run_expecting_error(s, job)))
+        runner.start()
+        deadline = time.monotonic() + 20
+        while f"dotnet-scripts-job-{job}" not in sandbox_containers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop_job_sandbox(job)  # as the service does on DELETE, from another process
+        runner.join(20)
+        assert got["e"] is True and not runner.is_alive()
+    finally:
+        s.discard()
+    assert f"dotnet-scripts-job-{job}" not in sandbox_containers() and s.spec.name not in sandbox_containers()
+    assert not runsc.exists(s.spec.name) and cgroups(s.spec.name) == []
+
+
+def _run_expecting_error(s: Sandbox, job: str) -> bool:
+    try:
+        s.run("while (true) { }", name=f"dotnet-scripts-job-{job}", remove=False)
+    except SandboxError:
+        return True
+    return False
+
+
+def test_an_orphan_s_sandbox_is_reaped_with_its_cgroups():
+    s = spec(reap_grace_s=0, limits=Limits(wall_time_s=1))
+    proc = subprocess.Popen(runsc.run_args(s, runsc.write_bundle(s, labels(s))), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # nobody will read or stop it
+    try:
+        deadline = time.monotonic() + 20
+        while not cgroups(s.name):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)  # past its deadline
+        assert s.name in reap()
+        proc.wait(10)
+        assert s.name not in sandbox_containers() and not runsc.exists(s.name) and cgroups(s.name) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        runsc.remove(s.name)
+
+
+def test_a_sandbox_runsc_cannot_start_is_our_error_not_the_script_s():
+    broken = spec(command=("/no/such/runner",))
+    with pytest.raises(SandboxError, match="did not start"):
+        run_sandbox(broken, "")
+    assert broken.name not in sandbox_containers()
+
+
+def test_the_image_copy_is_read_only_to_the_sandbox_and_named_by_image_id():
+    rootfs, env = runsc.image_rootfs(MONO_6.image)
+    image_id = json.loads(subprocess.run(["docker", "image", "inspect", MONO_6.image], capture_output=True,
+                                         text=True, check=True).stdout)[0]["Id"]
+    assert Path(rootfs).name == image_id.removeprefix("sha256:")[:32] and "MONO_PATH=/usr/lib/mono/4.5" in env
+    o = run_sandbox(spec(), 'try { File.WriteAllText("/opt/x", "x"); WriteLine("wrote"); } catch (Exception e) { WriteLine(e.GetType().Name); }')
+    assert o.exit_code == 0 and o.stdout.strip() in {"UnauthorizedAccessException", "IOException"}
+    assert not (Path(rootfs) / "opt/x").exists()
+
+
+def test_the_event_record_keeps_the_last_mebibyte_or_so_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(runsc, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(runsc, "EVENTS", tmp_path / "events")
+    monkeypatch.setattr(runsc, "EVENTS_MAX_BYTES", 200)
+    start = time.time()
+    for i in range(40):
+        runsc.record("create", f"c{i}", f"j{i}")
+    kept = runsc.events(start)
+    assert kept[-1] == ("create", "c39", "j39") and kept[0] != ("create", "c0", "j0")
+    assert [int(name[1:]) for _, name, _ in kept] == sorted(int(name[1:]) for _, name, _ in kept)
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) < 3 * 200
+    assert runsc.events(time.time() + 1) == []
