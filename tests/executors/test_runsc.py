@@ -18,7 +18,7 @@ from executors.reaper import reap
 from executors.sandbox import LABEL, Limits, Sandbox, SandboxError, SandboxSpec, labels, run_sandbox, stop_job_sandbox, via_runsc
 from tests.conftest import sandbox_containers
 
-SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_id="n1",
+SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_id="n1", engine="runsc",
                    limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=99, nofile=77, disk_mb=8, tmp_mb=4),
                    mounts=(("/host/pkgs", "/nuget/a"),), env=(("CSRUN_END", "1"),))
 
@@ -71,7 +71,7 @@ def test_the_reaper_s_labels_are_the_bundle_s_annotations():
 
 def spec(**kw) -> SandboxSpec:
     return SandboxSpec(**{"job_id": f"alone-{uuid.uuid4()}", "image": MONO_6.image, "command": MONO_6.command,
-                          "env": MONO_6.env, "limits": Limits(wall_time_s=30), **kw})
+                          "env": MONO_6.env, "limits": Limits(wall_time_s=30), "engine": "runsc", **kw})
 
 
 def cgroups(cid: str) -> list[Path]:
@@ -130,6 +130,13 @@ def test_a_sandbox_runsc_cannot_start_is_our_error_not_the_script_s():
     with pytest.raises(SandboxError, match="did not start"):
         run_sandbox(broken, "")
     assert broken.name not in sandbox_containers()
+
+
+def test_a_missing_image_is_our_error_and_leaves_nothing():
+    missing = spec(image="dotnet-scripts/no-such-image")
+    with pytest.raises(SandboxError, match="could not be prepared"):
+        run_sandbox(missing, "")
+    assert missing.name not in sandbox_containers()
 
 
 def test_the_image_copy_is_read_only_to_the_sandbox_and_named_by_image_id():
