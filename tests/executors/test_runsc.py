@@ -3,6 +3,7 @@ against the real runsc a sandbox is stopped by its job's name, an orphan is reap
 cgroups, and a start failure is ours, not the script's."""
 
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -123,6 +124,25 @@ def test_an_orphan_s_sandbox_is_reaped_with_its_cgroups():
         if proc.poll() is None:
             proc.kill()
         runsc.remove(s.name)
+
+
+def test_what_runsc_keeps_of_a_sandbox_whose_runsc_run_was_killed_is_reaped():
+    s = spec()
+    proc = subprocess.Popen(runsc.run_args(s, runsc.write_bundle(s, labels(s))), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (runsc.started(s.name) and runsc.exists(s.name)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.kill()  # its worker and `runsc run` die together: the sandbox stops, runsc's state stays
+        proc.wait(10)
+        shutil.rmtree(runsc.BUNDLES_DIR / s.name)  # and its bundle is gone already (a stop half done)
+        assert runsc.stale() == [s.name]
+        reap()
+        assert not runsc.exists(s.name) and cgroups(s.name) == [] and runsc.stale() == []
+    finally:
+        runsc.forget(s.name)
 
 
 def test_a_sandbox_runsc_cannot_start_is_our_error_not_the_script_s():
