@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import floor_runner, machine_cpu_s  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
+from executors.runsc import image_rootfs, oci_config  # noqa: E402
+from executors.sandbox import SandboxSpec  # noqa: E402
 
 HELLO_CS = 'class Hello { static void Main() { System.Console.WriteLine("hi"); } }\n'
 MONO = ["mono", "--debug", "-O=-inline"]  # as the runner is started
@@ -38,34 +40,13 @@ def measure(cmd: list[str], runs: int) -> tuple[float, float]:
     return (machine_cpu_s() - cpu) / runs, (time.perf_counter() - start) / runs
 
 
-def export(image: str, rootfs: Path) -> Path:
-    """The image's file system as a directory, for runsc alone."""
-    rootfs.mkdir()
-    cid = subprocess.run(["docker", "create", image], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        docker = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
-        subprocess.run(["tar", "-x", "-C", str(rootfs)], stdin=docker.stdout, check=True)
-        docker.wait()
-    finally:
-        subprocess.run(["docker", "rm", cid], capture_output=True)
-    return rootfs
-
-
-def bundle(path: Path, rootfs: Path, image: str, args: list[str], binds: dict[str, str]) -> Path:
-    """An OCI bundle of `image` as the sandboxes get it: read-only root, non-root user, no network."""
+def bundle(path: Path, command: list[str], binds: dict[str, str]) -> Path:
+    """An OCI bundle running `command`, as the service writes one for runsc alone."""
+    rootfs, env = image_rootfs(MONO_6.image)
+    spec = SandboxSpec(job_id=f"cost-{path.name}", image=MONO_6.image, command=tuple(command),
+                       mounts=tuple(binds.items()), engine="runsc")
     path.mkdir()
-    (path / "rootfs").symlink_to(rootfs)
-    config = path / "config.json"
-    subprocess.run(["runsc", "spec", "--bundle", str(path), "--", *args], check=True)
-    env = json.loads(subprocess.run(["docker", "image", "inspect", image, "--format", "{{json .Config.Env}}"],
-                                    capture_output=True, text=True, check=True).stdout)
-    spec = json.loads(config.read_text())
-    spec["process"].update(terminal=False, user={"uid": 10001, "gid": 10001}, cwd="/tmp",
-                           env=["PATH=/usr/local/bin:/usr/bin:/bin", *env])
-    spec["root"]["readonly"] = True
-    spec["mounts"] += [{"destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro"]}
-                       for src, dst in binds.items()]
-    config.write_text(json.dumps(spec))
+    (path / "config.json").write_text(json.dumps(oci_config(spec, rootfs, env, {})))
     return path
 
 
@@ -74,7 +55,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     a = ap.parse_args()
     floor_runner()  # Mono on the host, installed on demand
-    rows: list[tuple[str, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="dotnet-scripts-cost-") as t:
         tmp = Path(t)
         (tmp / "hello").mkdir()
@@ -83,7 +63,7 @@ def main() -> None:
         hello = ["/hello/hello.exe"]
         docker = ["docker", "run", "--rm", "-i", "--network=none", "--read-only", "--user", "10001:10001",
                   "-v", f"{tmp}/hello:/hello:ro"]
-        state, rootfs = tmp / "runsc-state", export(MONO_6.image, tmp / "rootfs")
+        state = tmp / "runsc-state"
         runsc = ["runsc", "--network=none", "--root", str(state), "run", "--bundle"]
         try:
             for label, cmd in [
@@ -91,16 +71,15 @@ def main() -> None:
                 ("host: mono hello.exe", [*MONO, f"{tmp}/hello/hello.exe"]),
                 ("docker + runc: /bin/true", [*docker, "--runtime=runc", MONO_6.image, "/bin/true"]),
                 ("docker + runsc: /bin/true", [*docker, "--runtime=runsc", MONO_6.image, "/bin/true"]),
-                ("runsc alone: /bin/true", [*runsc, str(bundle(tmp / "b-true", rootfs, MONO_6.image, ["/bin/true"], {}))]),
+                ("runsc alone: /bin/true", [*runsc, str(bundle(tmp / "b-true", ["/bin/true"], {}))]),
                 ("docker + runc: mono hello.exe", [*docker, "--runtime=runc", MONO_6.image, *MONO, *hello]),
                 ("docker + runsc: mono hello.exe", [*docker, "--runtime=runsc", MONO_6.image, *MONO, *hello]),
                 ("runsc alone: mono hello.exe",
-                 [*runsc, str(bundle(tmp / "b-hello", rootfs, MONO_6.image, [*MONO, *hello], {f"{tmp}/hello": "/hello"}))]),
+                 [*runsc, str(bundle(tmp / "b-hello", [*MONO, *hello], {f"{tmp}/hello": "/hello"}))]),
             ]:
                 if cmd[0] == "runsc":  # a container id of its own for each run
                     cmd = ["sh", "-c", 'exec "$@" "c$$"', "sh", *cmd]
                 cpu, wall = measure(cmd, a.runs)
-                rows.append((label, cpu, wall))
                 print(f"{label:34} {cpu:6.3f} core-s/run {wall:6.3f} s/run", flush=True)
         finally:
             if state.exists():

@@ -215,12 +215,11 @@ def remove(name: str) -> bool:
     does (it would wait 5 s for an exit only that parent sees, so it is not asked first). Then its
     cgroups, bundle and job name go. False: none is known by this name here (Docker's, or gone)."""
     cid = container_of(name)
-    (JOBS_DIR / name).unlink(missing_ok=True)
     if cid is None:
         return False
     shutil.rmtree(BUNDLES_DIR / cid, ignore_errors=True)  # first: its owner then sees it was stopped
     if exists(cid):
-        killed = subprocess.run(runsc("kill", cid, "KILL"), capture_output=True, timeout=30).returncode == 0
+        killed = _kill(cid)
         deadline = time.monotonic() + 2
         while killed and exists(cid) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -230,11 +229,16 @@ def remove(name: str) -> bool:
     return True
 
 
+def _cgroups(name: str) -> list[Path]:
+    """The sandbox cgroups of this name (a glob pattern), under every v1 controller or in v2."""
+    return [*Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}/{name}"), *Path(f"/sys/fs/cgroup{CGROUP_PARENT}").glob(name)]
+
+
 def release(name: str, cid: str) -> None:
     """What is left of a sandbox once its `runsc run` returned (that destroyed it): the cgroups
     if it could not, the bundle, the job's name."""
     (JOBS_DIR / name).unlink(missing_ok=True)
-    for cgroup in (*Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}/{cid}"), Path(f"/sys/fs/cgroup{CGROUP_PARENT}/{cid}")):
+    for cgroup in _cgroups(cid):
         try:
             cgroup.rmdir()
         except OSError:
@@ -259,7 +263,7 @@ def forget(cid: str) -> None:
 
 def prune_cgroups() -> None:
     """Removes the cgroups of sandboxes that have no bundle any more (empty ones only: rmdir)."""
-    for cgroup in (*Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}/*"), *Path(f"/sys/fs/cgroup{CGROUP_PARENT}").glob("*")):
+    for cgroup in _cgroups("*"):
         if cgroup.is_dir() and not (BUNDLES_DIR / cgroup.name).is_dir():
             try:
                 cgroup.rmdir()
@@ -270,7 +274,11 @@ def prune_cgroups() -> None:
 def kill(name: str) -> None:
     cid = container_of(name)
     if cid:
-        subprocess.run(runsc("kill", cid, "KILL"), capture_output=True, timeout=30)
+        _kill(cid)
+
+
+def _kill(cid: str) -> bool:
+    return subprocess.run(runsc("kill", cid, "KILL"), capture_output=True, timeout=30).returncode == 0
 
 
 def sandboxes() -> dict[str, dict[str, str]]:

@@ -397,7 +397,7 @@ class Sandbox:
         if not (runsc.BUNDLES_DIR / self.spec.name).is_dir() or (
                 code == runsc.START_FAILED and self.err.text().startswith("running container: ")):
             return None
-        return {"ExitCode": code, "OOMKilled": False, "StartedAt": "started"}
+        return {"ExitCode": code, "OOMKilled": False, "StartedAt": "started"}  # it ran: a 125 is the script's
 
     def discard(self) -> None:
         if self.runsc:  # its `runsc run` destroys it once it ends: only if that fails is more needed
