@@ -1,7 +1,8 @@
 """What one sandbox costs, apart from the service: machine CPU (core-seconds) and wall time per
 run, for a trivial process and for Mono running a precompiled hello world, on the host, through
 Docker with runc and with runsc, and through runsc alone (an OCI bundle of the same image, no
-Docker). It shows where a job's CPU goes and what a change of runtime or engine could buy.
+Docker); and Mono started as the pool starts it, once gVisor's clock is calibrated. It shows where
+a job's CPU goes and what a change of runtime, engine or start could buy.
 
     .venv/bin/python bench/sandbox_cost.py [--runs 10]
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import floor_runner, machine_cpu_s  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
+from executors.pool import ARTIFACTS_ENV, PoolSpec, template  # noqa: E402
 from executors.runsc import image_rootfs, oci_config  # noqa: E402
 from executors.sandbox import SandboxSpec  # noqa: E402
 
@@ -31,22 +33,22 @@ HELLO_CS = 'class Hello { static void Main() { System.Console.WriteLine("hi"); }
 MONO = ["mono", "--debug", "-O=-inline"]  # as the runner is started
 
 
-def measure(cmd: list[str], runs: int) -> tuple[float, float]:
-    """Machine core-seconds and wall seconds per run of `cmd` (stdin empty), runs in a row."""
-    subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=True)  # warm caches
+def measure(cmd: list[str], runs: int, stdin: bytes = b"") -> tuple[float, float]:
+    """Machine core-seconds and wall seconds per run of `cmd`, runs in a row."""
+    subprocess.run(cmd, input=stdin, capture_output=True, check=True)  # warm caches
     cpu, start = machine_cpu_s(), time.perf_counter()
     for _ in range(runs):
-        subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=True)
+        subprocess.run(cmd, input=stdin, capture_output=True, check=True)
     return (machine_cpu_s() - cpu) / runs, (time.perf_counter() - start) / runs
 
 
-def bundle(path: Path, command: list[str], binds: dict[str, str]) -> Path:
+def bundle(path: Path, command: list[str], binds: dict[str, str], env: tuple[tuple[str, str], ...] = ()) -> Path:
     """An OCI bundle running `command`, as the service writes one for runsc alone."""
-    rootfs, env = image_rootfs(MONO_6.image)
+    rootfs, image_env = image_rootfs(MONO_6.image)
     spec = SandboxSpec(job_id=f"cost-{path.name}", image=MONO_6.image, command=tuple(command),
-                       mounts=tuple(binds.items()), engine="runsc")
+                       mounts=tuple(binds.items()), env=env, engine="runsc")
     path.mkdir()
-    (path / "config.json").write_text(json.dumps(oci_config(spec, rootfs, env, {})))
+    (path / "config.json").write_text(json.dumps(oci_config(spec, rootfs, image_env, {})))
     return path
 
 
@@ -61,12 +63,23 @@ def main() -> None:
         (tmp / "hello.cs").write_text(HELLO_CS)
         subprocess.run(["mcs", "-nologo", f"-out:{tmp}/hello/hello.exe", str(tmp / "hello.cs")], check=True)
         hello = ["/hello/hello.exe"]
+        # as the pool starts its runner: once gVisor's clock is calibrated (its wait is in the wall time)
+        pool_start = template(SandboxSpec(job_id="cost", image=MONO_6.image, command=()), PoolSpec(MONO_6.name)).command
+        pooled = [*pool_start, *MONO, *hello]
         docker = ["docker", "run", "--rm", "-i", "--network=none", "--read-only", "--user", "10001:10001",
                   "-v", f"{tmp}/hello:/hello:ro"]
         state = tmp / "runsc-state"
         runsc = ["runsc", "--network=none", "--root", str(state), "run", "--bundle"]
         try:
-            for label, cmd in [
+            # the runner itself on a repeated hello world: its compiled script (a first run's frame) on stdin
+            runner_env = (*MONO_6.env, ARTIFACTS_ENV)
+            script = b'Console.WriteLine("Hello");'
+            first = subprocess.run(["sh", "-c", 'exec "$@" first', "sh", *runsc,
+                                    str(bundle(tmp / "b-first", list(MONO_6.command), {}, runner_env))],
+                                   input=script, capture_output=True, check=True).stdout
+            head = first.index(b"\n") + 1
+            cached = first[:head + int(first[len(b"\0csrun-artifact "):head - 1])] + script
+            for label, cmd, stdin in [(*row, b"") for row in [
                 ("host: /bin/true", ["/bin/true"]),
                 ("host: mono hello.exe", [*MONO, f"{tmp}/hello/hello.exe"]),
                 ("docker + runc: /bin/true", [*docker, "--runtime=runc", MONO_6.image, "/bin/true"]),
@@ -76,11 +89,19 @@ def main() -> None:
                 ("docker + runsc: mono hello.exe", [*docker, "--runtime=runsc", MONO_6.image, *MONO, *hello]),
                 ("runsc alone: mono hello.exe",
                  [*runsc, str(bundle(tmp / "b-hello", [*MONO, *hello], {f"{tmp}/hello": "/hello"}))]),
+                ("docker + runsc: mono hello.exe, pooled", [*docker, "--runtime=runsc", MONO_6.image, *pooled]),
+                ("runsc alone: mono hello.exe, pooled",
+                 [*runsc, str(bundle(tmp / "b-pooled", pooled, {f"{tmp}/hello": "/hello"}))]),
+            ]] + [
+                ("runsc alone: csrun, a repeated hello",
+                 [*runsc, str(bundle(tmp / "b-csrun", list(MONO_6.command), {}, runner_env))], cached),
+                ("runsc alone: csrun, a repeated hello, pooled",
+                 [*runsc, str(bundle(tmp / "b-csrun-pooled", [*pool_start, *MONO_6.command], {}, runner_env))], cached),
             ]:
                 if cmd[0] == "runsc":  # a container id of its own for each run
                     cmd = ["sh", "-c", 'exec "$@" "c$$"', "sh", *cmd]
-                cpu, wall = measure(cmd, a.runs)
-                print(f"{label:34} {cpu:6.3f} core-s/run {wall:6.3f} s/run", flush=True)
+                cpu, wall = measure(cmd, a.runs, stdin)
+                print(f"{label:44} {cpu:6.3f} core-s/run {wall:6.3f} s/run", flush=True)
         finally:
             if state.exists():
                 listed = subprocess.run(["runsc", "--root", str(state), "list", "-quiet"], capture_output=True, text=True)

@@ -32,13 +32,21 @@ NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
 ARTIFACTS_ENV = ("CSRUN_ARTIFACTS", "1")  #: the runner hands out what it compiles (the compiled cache)
 WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
+#: gVisor serves clock reads through its vDSO only once it has calibrated its clock, ~1 s after the
+#: sandbox boots; until then each is a trapped syscall, and Mono's JIT reads the clock ~50 times per
+#: method it compiles (~8000 traps at start-up). A pooled runner starts after that: half the CPU of
+#: a sandbox (0.50 -> 0.22 core-s for a cached hello world), the wait costs nothing but a deeper pool
+GVISOR_CLOCK_S = 1.1
+#: pooled sandboxes per slot (POOL_SIZE -1): a pooled gVisor sandbox is ready ~1.5 s after it is
+#: started, so a slot running a job every ~0.4 s needs about this many coming up behind it (~50 MiB each)
+PER_SLOT = 4
 
 
 @dataclass(frozen=True)
 class PoolSpec:
     """How a node pools sandboxes for an agent type."""
     agent_type: str
-    size: int = -1  #: pre-started sandboxes; -1: one per slot of the agent type on the node
+    size: int = -1  #: pre-started sandboxes; -1: PER_SLOT per slot of the agent type on the node
     #: a waiting runner is told to compile a small program, so the job's compile starts warm
     #: (~0.3 s less) at the price of that CPU per job. "auto": only once the pool has run no job
     #: for WARM_AFTER_S (a user at a prompt); not in a burst or back to back, where CPU is the limit
@@ -57,11 +65,14 @@ class PoolSpec:
 
 def template(spec: SandboxSpec, pool: PoolSpec) -> SandboxSpec:
     """The spec of a pooled sandbox for jobs like `spec`: same everything but the job and its packages."""
+    command = spec.command
+    if spec.runtime.startswith("runsc"):  # its runner starts once gVisor's clock is calibrated
+        command = ("sh", "-c", f'sleep {GVISOR_CLOCK_S:g}; exec "$@"', "sh", *command)
     env = (*[(k, v) for k, v in spec.env if k != REFERENCES_ENV],
            *([ARTIFACTS_ENV] if pool.cache_mb > 0 else []),
            *([(REFERENCES_ENV, "-")] if pool.packages_dir else []))
-    return replace(spec, job_id="pool-template", attempt=1, node_id="", reap_grace_s=MAX_IDLE_S + 300, env=env,
-                   mounts=())
+    return replace(spec, job_id="pool-template", command=command, attempt=1, node_id="",
+                   reap_grace_s=MAX_IDLE_S + 300, env=env, mounts=())
 
 
 def node_slots(agent_type: str) -> int:
@@ -166,7 +177,7 @@ class SandboxPool:
             _remove_folders_of_dead_pools(self.packages.parent)
         self.cache = CompiledCache(pool.cache_mb << 20, spec.image)
         self.warmup = pool.warmup
-        self.size = pool.size if pool.size >= 0 else node_slots(pool.agent_type)
+        self.size = pool.size if pool.size >= 0 else PER_SLOT * node_slots(pool.agent_type)
         self.idle: deque[Sandbox] = deque()
         self.starting = 0
         self.lock = threading.Lock()

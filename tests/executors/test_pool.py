@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from cluster.agent_types import MONO_6
-from executors.pool import CompiledCache, PoolSpec, lend_packages, packages_digest, pool_name, template
+from executors.pool import GVISOR_CLOCK_S, CompiledCache, PoolSpec, lend_packages, packages_digest, pool_name, template
 from executors.sandbox import SandboxSpec
 
 PACKAGES = PoolSpec(MONO_6.name, cache_mb=8, packages_dir="/cache/sandboxes")
@@ -25,6 +25,14 @@ def test_jobs_with_and_without_packages_share_one_pool_whose_runners_read_the_li
     plain = PoolSpec(MONO_6.name, cache_mb=8)
     assert "CSRUN_REFERENCES" not in dict(template(job(), plain).env)
     assert pool_name("n" * 40, job(), plain) != pool_name("n" * 40, job(), PACKAGES)
+
+
+def test_a_pooled_gvisor_runner_starts_once_the_sandbox_clock_is_calibrated_and_is_then_the_same_process():
+    t = template(job(), PACKAGES)
+    assert t.command == ("sh", "-c", f'sleep {GVISOR_CLOCK_S:g}; exec "$@"', "sh", *MONO_6.command)
+    assert GVISOR_CLOCK_S >= 1.0  # gVisor calibrates ~1 s after its boot
+    # runc has no such clock: its runner starts at once, as does every cold sandbox's
+    assert template(job(runtime="runc"), PACKAGES).command == MONO_6.command == job().command
 
 
 def package(root: Path, name: str, content: bytes) -> str:

@@ -3,6 +3,7 @@
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from cluster.agent_types import MONO_6
 from tests.conftest import MONO, WALL_TIME_S, containers_created, pooled_sandboxes_taken, sandbox_containers
 
 
@@ -142,6 +143,17 @@ def test_jobs_take_pre_started_sandboxes_from_the_pool(jobs):
     taken = pooled_sandboxes_taken(job["jobId"], since)
     assert len(taken) == 1 and taken[0].startswith("dotnet-scripts-job-pool-")
     assert job["result"]["stdout"] == "pooled\n"
+
+
+def test_a_pooled_runner_is_process_1_as_in_a_cold_sandbox(jobs):
+    # a pooled gVisor runner starts late (executors/pool.py GVISOR_CLOCK_S) through a shell that
+    # execs it: no shell is left above the script, and kill -9 1 still ends the runner
+    since = str(int(time.time()) - 1)
+    job = jobs.run('Console.WriteLine(File.ReadAllText("/proc/1/cmdline").Replace("\\0", " ").Trim());\n'
+                   'Console.WriteLine(Directory.GetDirectories("/proc").Count(d => char.IsDigit(Path.GetFileName(d)[0])));')
+    assert pooled_sandboxes_taken(job["jobId"], since)[0].startswith("dotnet-scripts-job-pool-")
+    cmdline, processes = job["result"]["stdout"].splitlines()
+    assert cmdline == " ".join(MONO_6.command) and processes == "1"
 
 
 def test_pooled_sandboxes_share_nothing_between_jobs(jobs):
