@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cluster.agent_types import MONO_6
-from executors.pool import NAMESPACE, PoolSpec, pool_name
+from executors.pool import NAMESPACE, PER_SLOT, PoolSpec, pool_name
 from executors.reaper import reap
 from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec, remove_container
 from executors.nuget_config import parse
@@ -71,7 +71,7 @@ def pooled_containers() -> set[str]:
     return {n for n in sandbox_containers(pooled=True) if n.startswith(POOLED)}
 
 
-def test_the_pool_holds_one_sandbox_per_slot_of_the_node_warmed_up_while_no_job_runs(local_ray):
+def test_the_pool_holds_sandboxes_per_slot_of_the_node_warmed_up_while_no_job_runs(local_ray):
     before = pooled_containers()
     s = spec()
     auto = PoolSpec(MONO_6.name, warmup="auto")
@@ -79,9 +79,9 @@ def test_the_pool_holds_one_sandbox_per_slot_of_the_node_warmed_up_while_no_job_
     assert ray.get(list(gen)[-1])["outcome"].stdout == "pooled\n"
     pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, auto), namespace=NAMESPACE)
     try:
-        assert ray.get(pool.capacity.remote()) == 2  # the node offers 2 slots of the agent type
+        assert ray.get(pool.capacity.remote()) == PER_SLOT * 2  # the node offers 2 slots of the agent type
         deadline = time.monotonic() + 60
-        while ray.get(pool.idle_count.remote(warmed=True)) < 2:  # no job runs: their runners are told to warm up
+        while ray.get(pool.idle_count.remote(warmed=True)) < PER_SLOT * 2:  # no job runs: their runners are told to warm up
             assert time.monotonic() < deadline, "the pool did not fill, or its runners were not warmed up"
             time.sleep(0.5)
         # a warmed runner still runs its job like any other
