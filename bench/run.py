@@ -72,11 +72,15 @@ def pss_kib(root_pid: int) -> int:
     while todo:
         pid = todo.pop()
         pids.add(pid)
-        for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue  # it ended meanwhile
+        for task in tasks:
             try:
                 todo += [int(c) for c in (task / "children").read_text().split()]
             except OSError:
-                pass
+                pass  # that thread ended meanwhile
     total = 0
     for pid in pids:
         try:
