@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cluster.agent_types import MONO_6  # noqa: E402
+from executors.runsc import CGROUP_PARENT  # noqa: E402
 from tests.nuget_feed import build_packages, serve as serve_feed  # noqa: E402
 from tests.services import api_service  # noqa: E402
 
@@ -133,9 +134,9 @@ def sandbox_cgroups_cpu_s() -> float:
     """CPU seconds so far of everything run in sandbox cgroups (runsc alone's and Docker's): the
     sentries, gofers and the scripts' processes, the exited ones included."""
     total = 0
-    for parent in ("dotnet-scripts", "docker"):
+    for parent in (CGROUP_PARENT, "/docker"):
         try:
-            total += int(Path(f"/sys/fs/cgroup/cpuacct/{parent}/cpuacct.usage").read_text())
+            total += int(Path(f"/sys/fs/cgroup/cpuacct{parent}/cpuacct.usage").read_text())
         except OSError:
             pass  # none started yet, or cgroup v2
     return total / 1e9

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ from bench.run import floor_runner, machine_cpu_s  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
 from executors.pool import ARTIFACTS_ENV, PoolSpec, template  # noqa: E402
 from executors.runsc import image_rootfs, oci_config  # noqa: E402
-from executors.sandbox import SandboxSpec  # noqa: E402
+from executors.sandbox import Sandbox, SandboxSpec, artifact_frame  # noqa: E402
 
 HELLO_CS = 'class Hello { static void Main() { System.Console.WriteLine("hi"); } }\n'
 MONO = ["mono", "--debug", "-O=-inline"]  # as the runner is started
@@ -71,15 +72,14 @@ def main() -> None:
         state = tmp / "runsc-state"
         runsc = ["runsc", "--network=none", "--root", str(state), "run", "--bundle"]
         try:
-            # the runner itself on a repeated hello world: its compiled script (a first run's frame) on stdin
+            # the runner itself on a repeated hello world: its compiled script (as the pool keeps it) on stdin
             runner_env = (*MONO_6.env, ARTIFACTS_ENV)
-            script = b'Console.WriteLine("Hello");'
-            first = subprocess.run(["sh", "-c", 'exec "$@" first', "sh", *runsc,
-                                    str(bundle(tmp / "b-first", list(MONO_6.command), {}, runner_env))],
-                                   input=script, capture_output=True, check=True).stdout
-            head = first.index(b"\n") + 1
-            cached = first[:head + int(first[len(b"\0csrun-artifact "):head - 1])] + script
-            for label, cmd, stdin in [(*row, b"") for row in [
+            script = 'Console.WriteLine("Hello");'
+            first = Sandbox(SandboxSpec(job_id=f"cost-first-{uuid.uuid4()}", image=MONO_6.image,
+                                        command=MONO_6.command, env=runner_env, engine="runsc"))
+            first.run(script, keep_artifact=True)
+            cached = artifact_frame(first.artifact) + script.encode()
+            for label, cmd, *stdin in [
                 ("host: /bin/true", ["/bin/true"]),
                 ("host: mono hello.exe", [*MONO, f"{tmp}/hello/hello.exe"]),
                 ("docker + runc: /bin/true", [*docker, "--runtime=runc", MONO_6.image, "/bin/true"]),
@@ -92,7 +92,6 @@ def main() -> None:
                 ("docker + runsc: mono hello.exe, pooled", [*docker, "--runtime=runsc", MONO_6.image, *pooled]),
                 ("runsc alone: mono hello.exe, pooled",
                  [*runsc, str(bundle(tmp / "b-pooled", pooled, {f"{tmp}/hello": "/hello"}))]),
-            ]] + [
                 ("runsc alone: csrun, a repeated hello",
                  [*runsc, str(bundle(tmp / "b-csrun", list(MONO_6.command), {}, runner_env))], cached),
                 ("runsc alone: csrun, a repeated hello, pooled",
@@ -100,7 +99,7 @@ def main() -> None:
             ]:
                 if cmd[0] == "runsc":  # a container id of its own for each run
                     cmd = ["sh", "-c", 'exec "$@" "c$$"', "sh", *cmd]
-                cpu, wall = measure(cmd, a.runs, stdin)
+                cpu, wall = measure(cmd, a.runs, *stdin)
                 print(f"{label:44} {cpu:6.3f} core-s/run {wall:6.3f} s/run", flush=True)
         finally:
             if state.exists():

@@ -74,6 +74,11 @@ class SandboxSpec:
     def name(self) -> str:
         return CONTAINER_PREFIX + self.job_id
 
+    @property
+    def gvisor(self) -> bool:
+        """Whether it runs under gVisor ("runsc", or "runsc-host-net" that egress uses)."""
+        return self.runtime.startswith("runsc")
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -133,7 +138,7 @@ def docker_run_args(spec: SandboxSpec) -> list[str]:
         "--memory-swap", f"{lim.memory_mb}m",
         "--cpus", f"{lim.cpus:g}",
         "--pids-limit", str(lim.pids),
-        *([] if runtime.startswith("runsc") else ["--ulimit", f"nproc={lim.pids}:{lim.pids}"]),
+        *([] if spec.gvisor else ["--ulimit", f"nproc={lim.pids}:{lim.pids}"]),
         "--ulimit", f"nofile={lim.nofile}:{lim.nofile}",
         "--ulimit", "core=0:0",
         "--log-driver", "none",
