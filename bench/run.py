@@ -281,8 +281,9 @@ def main() -> None:
         deadline = time.monotonic() + 30 + 10 * a.jobs
         for job_id in ids:
             while job_id not in statuses and time.monotonic() < deadline:
-                client.get(f"/jobs/{job_id}/result", params={"wait": 60})
-                if (st := client.get(f"/jobs/{job_id}/status").json()["status"]) in ("FINISHED", "REJECTED"):
+                if client.get(f"/jobs/{job_id}/result", params={"wait": 60}).json()["result"] is not None:
+                    statuses[job_id] = "FINISHED"  # a result exists only once the job is FINISHED
+                elif (st := client.get(f"/jobs/{job_id}/status").json()["status"]) in ("FINISHED", "REJECTED"):
                     statuses[job_id] = st
         took = time.perf_counter() - start
         done.set()

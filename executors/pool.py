@@ -38,8 +38,10 @@ WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this
 #: a sandbox (0.50 -> 0.22 core-s for a cached hello world), the wait costs nothing but a deeper pool
 GVISOR_CLOCK_S = 1.1
 #: pooled sandboxes per slot (POOL_SIZE -1): a pooled gVisor sandbox is ready ~1.5 s after it is
-#: started, so a slot running a job every ~0.4 s needs about this many coming up behind it (~50 MiB each)
-PER_SLOT = 4
+#: started, ~2.5 s while the node's CPUs are busy, so a slot running a job every ~0.4 s needs about
+#: this many coming up behind it (~50 MiB each). Measured, 200 jobs at once on 2 slots (runsc alone):
+#: 4 per slot 4.82 jobs/s, 6 per slot 5.08, 8 per slot 5.28-5.34
+PER_SLOT = 8
 
 
 @dataclass(frozen=True)
@@ -340,10 +342,23 @@ def _references(spec: SandboxSpec) -> tuple[str, ...]:
     return tuple(p for k, v in spec.env if k == REFERENCES_ENV for p in v.split(":") if p)
 
 
-def pool_for(spec: SandboxSpec, pool: PoolSpec):
-    """This node's pool for sandboxes like `spec` (created on first use, shared by the node's tasks)."""
+#: this worker's handles of its node's pools, by name: a lookup by name (`get_if_exists`) costs
+#: ~7 ms of CPU, as much as the rest of a job's Ray calls together
+_handles: dict[str, ray.actor.ActorHandle] = {}
+
+
+def pool_for(spec: SandboxSpec, pool: PoolSpec, cached: bool = True):
+    """This node's pool for sandboxes like `spec` (created on first use, shared by the node's tasks).
+    `cached=False`: looked up again (the cached handle's actor retired or died)."""
     node_id = ray.get_runtime_context().get_node_id()
-    return SandboxPool.options(
-        name=pool_name(node_id, spec, pool), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(spec, pool)
+    name = pool_name(node_id, spec, pool)
+    if not cached or name not in _handles:
+        _handles[name] = SandboxPool.options(
+            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        ).remote(spec, pool)
+    return _handles[name]
+
+
+def pool_cached(spec: SandboxSpec, pool: PoolSpec) -> bool:
+    return pool_name(ray.get_runtime_context().get_node_id(), spec, pool) in _handles

@@ -11,12 +11,12 @@ import pytest
 import ray
 
 from cluster.agent_types import MONO_6
-from executors.pool import NAMESPACE, PER_SLOT, PoolSpec, pool_name
+from executors.pool import NAMESPACE, PER_SLOT, PoolSpec, pool_for, pool_name
 from executors.reaper import reap
 from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec, remove_container
 from executors.nuget_config import parse
 from executors.nuget_restore import NuGetSpec
-from executors.task import run_job
+from executors.task import _run, run_job
 from tests.conftest import POOLED, sandbox_containers
 
 
@@ -122,6 +122,31 @@ def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_run
     assert ray.get(list(gen)[-1])["outcome"].stdout == "again\n"  # a new pool
     retired()
     assert not {s.name, again.name} & set(sandbox_containers()) and pooled_containers() - before == set()
+
+
+def test_a_worker_keeps_its_pools_handle_and_looks_the_pool_up_again_once_it_retired(local_ray):
+    before = pooled_containers()
+    quick = PoolSpec(MONO_6.name, size=1, idle_s=3)
+    s = spec()
+    name = pool_name(ray.get_runtime_context().get_node_id(), s, quick)
+    assert _run(s, 'Console.WriteLine("one");', quick).stdout == "one\n"  # here, in this process
+    kept = pool_for(spec(), quick)
+    assert pool_for(spec(), quick) is kept  # no lookup by name per job
+    deadline = time.monotonic() + 30
+    while True:  # no job for 3 s: the pool retires; this process still holds its handle
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            break
+        assert time.monotonic() < deadline, "the idle pool is still there"
+        time.sleep(0.5)
+    assert _run(spec(), 'Console.WriteLine("two");', quick).stdout == "two\n"
+    assert pool_for(spec(), quick) is not kept
+    ray.get_actor(name, namespace=NAMESPACE)  # the job made a new pool (it did not fall back to a cold sandbox)
+    deadline = time.monotonic() + 30
+    while pooled_containers() - before:  # it retires too, and takes its sandboxes along
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
 
 
 def test_a_repeated_script_runs_from_the_pools_compiled_cache(local_ray):
