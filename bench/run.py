@@ -266,8 +266,8 @@ def main() -> None:
                     if group:
                         used[group] += cpu - last.get(pid, (name, 0.0))[1]
                 last, n = now, n + 1
-                if n % 20 == 1:  # every 5 s: PSS walks every mapping of every process in the tree,
-                    # ~0.4 core-s a time once the pool's sandboxes are in it (runsc alone)
+                if n % 40 == 1:  # every 10 s: PSS walks every mapping of every process in the tree,
+                    # ~0.4 core-s a time with eight pooled sandboxes in it (runsc alone), more with more
                     peak = max(peak, pss_kib(service_pid))
 
         sampler = threading.Thread(target=sample_memory, daemon=True)
