@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     agent_overrides: dict[str, dict[str, Any]] = {}
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
-    #: pre-started sandboxes per node and sandbox profile: -1 four per slot the node has of the
+    #: pre-started sandboxes per node and sandbox profile: -1 eight (PER_SLOT) per slot the node has of the
     #: agent type (a pooled gVisor sandbox is ready ~1.5 s after it starts), 0 none (all start cold)
     pool_size: int = Field(-1, ge=-1, le=64)
     #: pooled runners compile a small program while they wait: ~0.3 s less per job, but that much
