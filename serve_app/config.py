@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     agent_overrides: dict[str, dict[str, Any]] = {}
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
-    #: pre-started sandboxes per node and sandbox profile: -1 eight (PER_SLOT) per slot the node has of the
-    #: agent type (a pooled gVisor sandbox is ready ~1.5 s after it starts), 0 none (all start cold)
+    #: pre-started sandboxes per node and sandbox profile: -1 eight (PER_SLOT) per slot the node
+    #: has of the agent type (a pooled gVisor sandbox is ready ~1.5 s after it starts, ~2.5 s
+    #: when the CPUs are busy), 0 none (all start cold)
     pool_size: int = Field(-1, ge=-1, le=64)
     #: pooled runners compile a small program while they wait: ~0.3 s less per job, but that much
     #: more CPU per job. auto: once the node's pool has run no job for a second (low load, where a
