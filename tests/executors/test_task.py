@@ -96,6 +96,18 @@ def test_the_pool_holds_sandboxes_per_slot_of_the_node_warmed_up_while_no_job_ru
                 remove_container(name)
 
 
+def retired(name: str) -> None:
+    """Waits for the pool of this name to retire (it has had no job for its idle_s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        assert time.monotonic() < deadline, "the idle pool is still there"
+        time.sleep(0.5)
+
+
 def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_runs(local_ray):
     before = pooled_containers()
     s = spec()
@@ -104,23 +116,12 @@ def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_run
     assert ray.get(list(gen)[-1])["outcome"].stdout == "once\n"
     name = pool_name(ray.get_runtime_context().get_node_id(), s, quick)
     ray.get_actor(name, namespace=NAMESPACE)  # it exists, with a pre-started sandbox
-
-    def retired() -> None:  # no job for 3 s: it goes, and its sandboxes with it (the node is idle for the autoscaler)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                return
-            assert time.monotonic() < deadline, "the idle pool is still there"
-            time.sleep(0.5)
-
-    retired()
+    retired(name)  # no job for 3 s: it goes, and its sandboxes with it (the node is idle for the autoscaler)
     assert pooled_containers() - before == set()
     again = spec()
     gen = run_job.options(resources={MONO_6.name: 1}).remote(again, 'Console.WriteLine("again");', quick)
     assert ray.get(list(gen)[-1])["outcome"].stdout == "again\n"  # a new pool
-    retired()
+    retired(name)
     assert not {s.name, again.name} & set(sandbox_containers()) and pooled_containers() - before == set()
 
 
@@ -132,21 +133,12 @@ def test_a_worker_keeps_its_pools_handle_and_looks_the_pool_up_again_once_it_ret
     assert _run(s, 'Console.WriteLine("one");', quick).stdout == "one\n"  # here, in this process
     kept = pool_for(spec(), quick)
     assert pool_for(spec(), quick) is kept  # no lookup by name per job
-    deadline = time.monotonic() + 30
-    while True:  # no job for 3 s: the pool retires; this process still holds its handle
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            break
-        assert time.monotonic() < deadline, "the idle pool is still there"
-        time.sleep(0.5)
+    retired(name)  # no job for 3 s: the pool goes; this process still holds its handle
     assert _run(spec(), 'Console.WriteLine("two");', quick).stdout == "two\n"
     assert pool_for(spec(), quick) is not kept
     ray.get_actor(name, namespace=NAMESPACE)  # the job made a new pool (it did not fall back to a cold sandbox)
-    deadline = time.monotonic() + 30
-    while pooled_containers() - before:  # it retires too, and takes its sandboxes along
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    retired(name)
+    assert pooled_containers() - before == set()  # it took its sandboxes along
 
 
 def test_a_repeated_script_runs_from_the_pools_compiled_cache(local_ray):
