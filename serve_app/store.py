@@ -78,22 +78,20 @@ class JobStore:
 
     def transition(self, job_id: uuid.UUID, status: JobStatus, *, result: Optional[JobResult] = None,
                    reason: Optional[str] = None, node_id: Optional[str] = None) -> bool:
-        """Moves a job to `status` if that is a legal step from where it is; False otherwise."""
+        """Moves a job to `status` if that is a legal step from where it is; False otherwise. One
+        conditional UPDATE (on the dispatcher's path for every job): atomic, and no row loaded."""
+        values = {"status": status, "updated_at": utcnow()}
+        if result is not None:
+            values["result_json"] = result.model_dump_json(by_alias=True)
+        if reason is not None:
+            values["rejected_reason"] = reason
+        if node_id is not None:
+            values["node_id"] = node_id
+        sources = [source for source, targets in TRANSITIONS.items() if status in targets]
         with Session(self.engine) as s:
-            job = s.get(Job, job_id, with_for_update=True)
-            if job is None or status not in TRANSITIONS[job.status]:
-                return False
-            job.status = status
-            job.updated_at = utcnow()
-            if result is not None:
-                job.result_json = result.model_dump_json(by_alias=True)
-            if reason is not None:
-                job.rejected_reason = reason
-            if node_id is not None:
-                job.node_id = node_id
-            s.add(job)
+            done = s.exec(update(Job).where(Job.id == job_id, Job.status.in_(sources)).values(**values))
             s.commit()
-            return True
+            return done.rowcount == 1
 
     def queued(self, agent_type: str, limit: int) -> list[Job]:
         """PENDING jobs of an agent type not yet handed to Ray, oldest first."""
@@ -105,13 +103,11 @@ class JobStore:
     def claim(self, job_id: uuid.UUID) -> Optional[int]:
         """Marks a queued job as handed to Ray; its attempt number, or None if it is not queued."""
         with Session(self.engine) as s:
-            job = s.get(Job, job_id, with_for_update=True)
-            if job is None or job.status != JobStatus.PENDING or job.dispatched:
-                return None
-            job.dispatched, job.attempts = True, job.attempts + 1
-            s.add(job)
+            attempts = s.exec(update(Job).where(
+                Job.id == job_id, Job.status == JobStatus.PENDING, Job.dispatched.is_(False),
+            ).values(dispatched=True, attempts=Job.attempts + 1).returning(Job.attempts)).scalar_one_or_none()
             s.commit()
-            return job.attempts
+            return attempts
 
     def requeue(self, job_id: uuid.UUID, counted: bool = True) -> bool:
         """Puts a job whose run was lost back in the queue (PENDING); `counted=False`: the lost

@@ -105,3 +105,25 @@ def test_a_database_from_before_the_queue_columns_gets_them(tmp_path):
     store = JobStore(f"sqlite:///{path}")
     job, _ = store.create(request())
     assert store.claim(job.id) == 1
+
+
+def test_racing_claims_and_transitions_have_one_winner(store):
+    job, _ = store.create(request())
+    barrier = threading.Barrier(8)
+    claims, ends = [], []
+
+    def go(i: int) -> None:
+        barrier.wait()
+        claims.append(store.claim(job.id))
+        barrier.wait()
+        status = JobStatus.FINISHED if i % 2 else JobStatus.REJECTED  # a result and a stale sweep at once
+        ends.append((status, store.transition(job.id, status, reason=None if i % 2 else f"r{i}")))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claims, key=str) == [1] + [None] * 7  # handed to Ray once, as its first attempt
+    winners = [status for status, won in ends if won]
+    assert len(winners) == 1 and store.get(job.id).status == winners[0]
