@@ -361,4 +361,5 @@ def pool_for(spec: SandboxSpec, pool: PoolSpec, cached: bool = True):
 
 
 def pool_cached(spec: SandboxSpec, pool: PoolSpec) -> bool:
+    """Whether this worker holds a handle of the pool (which may have retired since)."""
     return pool_name(ray.get_runtime_context().get_node_id(), spec, pool) in _handles
