@@ -24,7 +24,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from executors.nuget_restore import MOUNT_ROOT, REFERENCES_ENV
-from executors.sandbox import Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, image_id, remove_container
+from executors.sandbox import (
+    Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, image_id, remove_container, stop_job_sandbox,
+)
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +362,14 @@ def pool_for(spec: SandboxSpec, pool: PoolSpec, cached: bool = True):
     return _handles[name]
 
 
-def pool_cached(spec: SandboxSpec, pool: PoolSpec) -> bool:
-    """Whether this worker holds a handle of the pool (which may have retired since)."""
-    return pool_name(ray.get_runtime_context().get_node_id(), spec, pool) in _handles
+def run_pooled(spec: SandboxSpec, script: str, pool: PoolSpec) -> Outcome | None:
+    """Runs a job in a sandbox of this node's pool. None: no pool took it (it retired or died;
+    the job's sandbox, if one was started, is stopped), so it needs a sandbox of its own."""
+    kept = pool_name(ray.get_runtime_context().get_node_id(), spec, pool) in _handles
+    # a handle this worker kept may be of a pool that has retired since: then one looked up again
+    for cached in [True, False] if kept else [False]:
+        try:
+            return ray.get(pool_for(spec, pool, cached).run.remote(spec, script))
+        except (PoolClosed, ray.exceptions.RayActorError):
+            stop_job_sandbox(spec.job_id)
+    return None

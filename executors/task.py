@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import ray
 
 from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
-from executors.pool import PoolClosed, PoolSpec, pool_cached, pool_for
+from executors.pool import PoolSpec, run_pooled
 from executors.reaper import dead_ray_nodes, reap
 from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
 
@@ -46,13 +46,9 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
 
 def _run(spec: SandboxSpec, script: str, pool: PoolSpec | None) -> Outcome:
     if pool is not None and pool.size != 0:  # a pre-started sandbox from this node's pool
-        # a handle this worker kept may be of a pool that has retired since: then one looked up again
-        attempts = [True, False] if pool_cached(spec, pool) else [False]
-        for cached in attempts:
-            try:
-                return ray.get(pool_for(spec, pool, cached).run.remote(spec, script))
-            except (PoolClosed, ray.exceptions.RayActorError):  # it retired (idle) or died
-                stop_job_sandbox(spec.job_id)
+        outcome = run_pooled(spec, script, pool)
+        if outcome is not None:
+            return outcome
     return run_sandbox(spec, script)  # a sandbox of its own
 
 
