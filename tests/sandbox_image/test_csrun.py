@@ -1,11 +1,13 @@
 """The Mono image's runner gives scripts dotnet-script's semantics (real container, runsc)."""
 
+import subprocess
+import time
 import uuid
 
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.sandbox import WARMUP_MARKER, Limits, Sandbox, SandboxSpec, run_sandbox
+from executors.sandbox import EXIT_GRACE_S, KILLED, WARMUP_MARKER, Limits, Sandbox, SandboxSpec, run_sandbox
 from tests.conftest import sandbox_containers
 
 
@@ -221,3 +223,29 @@ def test_a_script_printing_end_frames_only_ends_its_own_run_early_and_its_sandbo
     o = run_sandbox(spec, forged)
     assert (o.exit_code, o.stdout, o.stderr) == (9, "", "")
     assert spec.name not in sandbox_containers()
+
+
+
+@pytest.mark.parametrize("engine", ["runsc", "docker"])
+def test_a_sandbox_ending_soon_after_its_end_frames_ends_itself_and_one_that_runs_on_is_killed(engine):
+    """Its own exit is cheaper than a kill; a script forging the frames is killed after a grace."""
+    def killed(sleep_ms: int) -> tuple[bool, float]:
+        spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                           limits=Limits(wall_time_s=30), env=(("CSRUN_END", "1"),), engine=engine)
+        script = ('Console.Out.Write("\\0csrun-exit 0\\n"); Console.Error.Write("\\0csrun-end\\n");\n'
+                  f"System.Threading.Thread.Sleep({sleep_ms});")
+        since, sandbox = str(time.time() - 1), Sandbox(spec)
+        start = time.monotonic()
+        o = sandbox.run(script)
+        took = time.monotonic() - start
+        assert o.exit_code == 0 and sandbox.told and spec.name not in sandbox_containers(), o
+        if engine == "runsc":
+            return sandbox.proc.returncode == KILLED, took
+        kills = subprocess.run(["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),
+                                "--filter", f"container={spec.name}", "--filter", "event=kill", "--format", "{{.ID}}"],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.split()
+        return bool(kills), took
+
+    assert killed(sleep_ms=100)[0] is False
+    was_killed, took = killed(sleep_ms=20000)
+    assert was_killed and EXIT_GRACE_S <= took < EXIT_GRACE_S + 10
