@@ -1,8 +1,9 @@
 """What one sandbox costs, apart from the service: machine CPU (core-seconds) and wall time per
 run, for a trivial process and for Mono running a precompiled hello world, on the host, through
 Docker with runc and with runsc, and through runsc alone (an OCI bundle of the same image, no
-Docker); and Mono started as the pool starts it, once gVisor's clock is calibrated. It shows where
-a job's CPU goes and what a change of runtime, engine or start could buy.
+Docker); Mono started as the pool starts it, once gVisor's clock is calibrated; and a pooled job
+with its teardown, the runner killed once it sent its end frames or let end itself. It shows where
+a job's CPU goes and what a change of runtime, engine, start or stop could buy.
 
     .venv/bin/python bench/sandbox_cost.py [--runs 10]
 
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,7 @@ from bench.run import floor_runner, machine_cpu_s  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
 from executors.pool import ARTIFACTS_ENV, PoolSpec, template  # noqa: E402
 from executors.runsc import image_rootfs, oci_config  # noqa: E402
+from executors import sandbox  # noqa: E402
 from executors.sandbox import Sandbox, SandboxSpec, artifact_frame  # noqa: E402
 
 HELLO_CS = 'class Hello { static void Main() { System.Console.WriteLine("hi"); } }\n'
@@ -51,6 +54,26 @@ def bundle(path: Path, command: list[str], binds: dict[str, str], env: tuple[tup
     path.mkdir()
     (path / "config.json").write_text(json.dumps(oci_config(spec, rootfs, image_env, {})))
     return path
+
+
+def job_and_teardown(engine: str, grace: float, artifact: bytes, script: str, runs: int) -> float:
+    """Machine core-seconds per job of pooled runners (started as the pool does, then idle) running a
+    cached script and being removed, with `grace` for a runner that sent its end frames to end itself."""
+    spec = SandboxSpec(job_id="cost", image=MONO_6.image, command=MONO_6.command, engine=engine,
+                       env=(*MONO_6.env, ARTIFACTS_ENV))
+    spec = template(spec, PoolSpec(MONO_6.name, cache_mb=64))
+    boxes = [Sandbox(replace(spec, job_id=f"cost-pool-{uuid.uuid4()}")) for _ in range(runs)]
+    for box in boxes:
+        box.wait_started()
+    time.sleep(3)  # all runners up and waiting
+    kept, sandbox.EXIT_GRACE_S = sandbox.EXIT_GRACE_S, grace
+    try:
+        cpu = machine_cpu_s()
+        for box in boxes:
+            box.run(script, remove=True, artifact=artifact)
+        return (machine_cpu_s() - cpu) / runs
+    finally:
+        sandbox.EXIT_GRACE_S = kept
 
 
 def main() -> None:
@@ -101,6 +124,10 @@ def main() -> None:
                     cmd = ["sh", "-c", 'exec "$@" "c$$"', "sh", *cmd]
                 cpu, wall = measure(cmd, a.runs, *stdin)
                 print(f"{label:44} {cpu:6.3f} core-s/run {wall:6.3f} s/run", flush=True)
+            for engine in ("runsc", "docker"):
+                for grace, how in ((0.0, "killed at once"), (sandbox.EXIT_GRACE_S, "ending itself")):
+                    cpu = job_and_teardown(engine, grace, first.artifact, script, a.runs)
+                    print(f"{f'{engine}: a pooled job + teardown, {how}':44} {cpu:6.3f} core-s/run", flush=True)
         finally:
             if state.exists():
                 listed = subprocess.run(["runsc", "--root", str(state), "list", "-quiet"], capture_output=True, text=True)

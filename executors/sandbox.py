@@ -410,7 +410,7 @@ class Sandbox:
         return {"ExitCode": code, "OOMKilled": False, "StartedAt": "started"}  # it ran: a 125 is the script's
 
     def discard(self) -> None:
-        if self.told:
+        if self.told and EXIT_GRACE_S > 0:
             self._wait_exit(EXIT_GRACE_S)
         if self.runsc:  # its `runsc run` destroys it once it ends: only if that fails is more needed
             if self.alive():
