@@ -426,7 +426,6 @@ class Sandbox:
             self.proc.kill()
         remove_container(self.name)
 
-
     def _wait_exit(self, timeout: float) -> None:
         try:
             if self.runsc:

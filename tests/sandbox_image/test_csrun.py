@@ -225,7 +225,6 @@ def test_a_script_printing_end_frames_only_ends_its_own_run_early_and_its_sandbo
     assert spec.name not in sandbox_containers()
 
 
-
 @pytest.mark.parametrize("engine", ["runsc", "docker"])
 def test_a_sandbox_ending_soon_after_its_end_frames_ends_itself_and_one_that_runs_on_is_killed(engine):
     """Its own exit is cheaper than a kill; a script forging the frames is killed after a grace."""
