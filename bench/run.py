@@ -122,11 +122,12 @@ def machine_cpu_s() -> float:
 def quiet(max_wait_s: float = 60.0) -> None:
     """Waits until the machine is about idle (the service's pool refilling and warming up its runners
     after a job would otherwise slow the floor's host runs down, making every ratio look better)."""
-    deadline = time.monotonic() + max_wait_s
+    deadline, calm = time.monotonic() + max_wait_s, 0
     while time.monotonic() < deadline:
         before = machine_cpu_s()
         time.sleep(1)
-        if machine_cpu_s() - before < 0.3:  # an idle service itself uses ~0.15 cores (Ray)
+        calm = calm + 1 if machine_cpu_s() - before < 0.3 else 0  # an idle service itself uses ~0.15 cores (Ray)
+        if calm == 2:  # two seconds: the pool refills what a lone job took once it has had none for 1 s
             return
 
 

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
 ARTIFACTS_ENV = ("CSRUN_ARTIFACTS", "1")  #: the runner hands out what it compiles (the compiled cache)
-WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
+#: the pool is quiet once it has run no job for this long (a user at a prompt): its idle runners warm
+#: up (warmup "auto"), and the refill a lone job left for later starts (`refill_now`)
+QUIET_S = 1.0
 #: gVisor serves clock reads through its vDSO only once it has calibrated its clock, ~1 s after the
 #: sandbox boots; until then each is a trapped syscall, and Mono's JIT reads the clock ~50 times per
 #: method it compiles (~8000 traps at start-up). A pooled runner starts after that: half the CPU of
@@ -53,7 +55,7 @@ class PoolSpec:
     size: int = -1  #: pre-started sandboxes; -1: PER_SLOT per slot of the agent type on the node
     #: a waiting runner is told to compile a small program, so the job's compile starts warm
     #: (~0.3 s less) at the price of that CPU per job. "auto": only once the pool has run no job
-    #: for WARM_AFTER_S (a user at a prompt); not in a burst or back to back, where CPU is the limit
+    #: for QUIET_S (a user at a prompt); not in a burst or back to back, where CPU is the limit
     #: and a job would wait for a warm-up under way
     warmup: Literal["auto", "always", "never"] = "never"
     #: after this long without a job the pool removes its sandboxes and its actor: Ray counts a
@@ -65,6 +67,15 @@ class PoolSpec:
     #: at /nuget, that a job's restored packages are linked into when it takes the sandbox.
     #: "": jobs with packages start a sandbox of their own (they are mounted at its start)
     packages_dir: str = ""
+
+
+def refill_now(active: int, slots: int, left: int) -> bool:
+    """Whether a job that just took a pooled sandbox has the pool refill now, or once it is quiet
+    (QUIET_S). A job taken while the pool runs no other (one user's jobs, back to back) leaves it for
+    later as long as a sandbox per slot is left: a sandbox started meanwhile would take its start
+    (~0.2 core-s under runsc alone, ~0.45 through Docker) from the next job. With every slot busy (a
+    burst) it refills at once: there the pool's depth counts."""
+    return active >= slots or left < max(slots, 1)
 
 
 def template(spec: SandboxSpec, pool: PoolSpec) -> SandboxSpec:
@@ -181,7 +192,8 @@ class SandboxPool:
             _remove_folders_of_dead_pools(self.packages.parent)
         self.cache = CompiledCache(pool.cache_mb << 20, spec.image)
         self.warmup = pool.warmup
-        self.size = pool.size if pool.size >= 0 else PER_SLOT * node_slots(pool.agent_type)
+        self.slots = node_slots(pool.agent_type)
+        self.size = pool.size if pool.size >= 0 else PER_SLOT * self.slots
         self.idle: deque[Sandbox] = deque()
         self.starting = 0
         self.lock = threading.Lock()
@@ -198,6 +210,9 @@ class SandboxPool:
                     continue
                 self.closing = True
                 idle, self.idle = list(self.idle), deque()
+                # sandboxes still starting remove themselves once up (closing): a `docker run` cut
+                # short by the actor's end would leave a container behind
+                self.ready.wait_for(lambda: self.starting == 0, timeout=60)
             for sandbox in idle:
                 self._dispose(sandbox)
             if self.packages:
@@ -206,9 +221,13 @@ class SandboxPool:
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
             return
 
-    def _refill(self) -> None:
+    def _refill(self, at_most: int | None = None) -> None:
+        """Starts the sandboxes the pool lacks; `at_most` that many starting at a time (the rest
+        follow as those come up, while the pool stays quiet)."""
         with self.lock:
-            need = max(0, self.size - len(self.idle) - self.starting)
+            need = 0 if self.closing else max(0, self.size - len(self.idle) - self.starting)
+            if at_most is not None:
+                need = min(need, max(0, at_most - self.starting))
             self.starting += need
         for _ in range(need):
             threading.Thread(target=self._start_one, daemon=True).start()
@@ -230,13 +249,16 @@ class SandboxPool:
             sandbox = None
         with self.lock:
             self.starting -= 1
-            self.ready.notify()
-            if sandbox is not None and not self.closing:
+            self.ready.notify_all()
+            up = sandbox is not None and not self.closing
+            if up:
                 self.idle.append(sandbox)
                 self._warm_idle()
-                return
-        if sandbox is not None:
+            more = up and self._quiet()
+        if sandbox is not None and not up:
             self._dispose(sandbox)
+        if more:
+            self._refill(at_most=max(1, self.slots))
 
     @staticmethod
     def _dispose(sandbox: Sandbox, name: str | None = None) -> None:
@@ -272,17 +294,24 @@ class SandboxPool:
             with self.lock:
                 self.active -= 1
                 self.last_used = time.monotonic()
-            if self.warmup == "auto":
-                threading.Timer(WARM_AFTER_S, self._warm_when_idle).start()
+            threading.Timer(QUIET_S, self._when_quiet).start()
 
-    def _warm_when_idle(self) -> None:
+    def _quiet(self) -> bool:
+        """(Holding the lock.) No job runs, and none has for QUIET_S (timers are not exact)."""
+        return self.active == 0 and time.monotonic() - self.last_used >= QUIET_S - 0.05
+
+    def _when_quiet(self) -> None:
+        """A lone job's refill, a slot's worth at a time: a job coming meanwhile meets little of it."""
         with self.lock:
+            quiet = self._quiet()
             self._warm_idle()
+        if quiet:
+            self._refill(at_most=max(1, self.slots))
 
     def _warm_idle(self) -> None:
         """(Holding the lock: no job can take them meanwhile.) Warms the idle runners up if the
         node has CPU to spare for it."""
-        quiet = self.active == 0 and time.monotonic() - self.last_used >= WARM_AFTER_S - 0.05  # timers are not exact
+        quiet = self._quiet()
         if self.warmup == "always" or (self.warmup == "auto" and quiet):
             for sandbox in self.idle:
                 sandbox.warm_up()
@@ -291,7 +320,10 @@ class SandboxPool:
         """`spec.mounts`: the job's restored packages, lent to the pre-started sandbox; a cold one
         mounts them itself."""
         sandbox = self._take()
-        self._refill()
+        with self.lock:
+            now = refill_now(self.active, self.slots, len(self.idle) + self.starting)
+        if now:
+            self._refill()
         packages = spec.mounts
         key = self.cache.key(script, packages_digest(packages) if packages and self.cache.on else b"")
         compiled = self.cache.get(key)
@@ -328,6 +360,10 @@ class SandboxPool:
     def idle_count(self, warmed: bool = False) -> int:
         with self.lock:
             return sum(1 for sandbox in self.idle if sandbox.warmed or not warmed)
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {"idle": len(self.idle), "starting": self.starting, "active": self.active}
 
 
 def _remove_folders_of_dead_pools(packages_dir: Path) -> None:

@@ -4,7 +4,9 @@ import os
 from pathlib import Path
 
 from cluster.agent_types import MONO_6
-from executors.pool import GVISOR_CLOCK_S, CompiledCache, PoolSpec, lend_packages, packages_digest, pool_name, template
+from executors.pool import (
+    GVISOR_CLOCK_S, CompiledCache, PoolSpec, lend_packages, packages_digest, pool_name, refill_now, template,
+)
 from executors.sandbox import SandboxSpec
 
 PACKAGES = PoolSpec(MONO_6.name, cache_mb=8, packages_dir="/cache/sandboxes")
@@ -33,6 +35,15 @@ def test_a_pooled_gvisor_runner_starts_once_the_sandbox_clock_is_calibrated_and_
     assert GVISOR_CLOCK_S >= 1.0  # gVisor calibrates ~1 s after its boot
     # runc has no such clock: its runner starts at once, as does every cold sandbox's
     assert template(job(runtime="runc"), PACKAGES).command == MONO_6.command == job().command
+
+
+def test_a_lone_job_leaves_the_refill_for_later_a_burst_or_a_low_pool_refills_at_once():
+    assert not refill_now(active=1, slots=2, left=15)  # one user's jobs back to back: the next one gets the CPU
+    assert refill_now(active=2, slots=2, left=14)  # every slot busy: the depth counts
+    assert refill_now(active=1, slots=2, left=1)  # less than a sandbox per slot left
+    assert not refill_now(active=1, slots=2, left=2)
+    assert refill_now(active=1, slots=1, left=7)  # one slot: a lone job is all the node runs
+    assert refill_now(active=1, slots=0, left=0)
 
 
 def package(root: Path, name: str, content: bytes) -> str:

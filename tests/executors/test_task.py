@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cluster.agent_types import MONO_6
-from executors.pool import NAMESPACE, PER_SLOT, PoolSpec, pool_for, pool_name
+from executors.pool import NAMESPACE, PER_SLOT, QUIET_S, PoolSpec, pool_for, pool_name
 from executors.reaper import reap
 from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec, remove_container
 from executors.nuget_config import parse
@@ -71,6 +71,22 @@ def pooled_containers() -> set[str]:
     return {n for n in sandbox_containers(pooled=True) if n.startswith(POOLED)}
 
 
+def kill_pool(actor, before: set[str]) -> None:
+    """Kills a pool's actor and removes its sandboxes, those it was starting as it died included."""
+    ray.kill(actor)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ray.get(actor.counts.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            break
+        assert time.monotonic() < deadline, "the pool's actor did not die"
+        time.sleep(0.1)
+    time.sleep(1)  # a `docker run` its end cut short has created its container by now, or never will
+    for name in pooled_containers() - before:
+        remove_container(name)
+
+
 def test_the_pool_holds_sandboxes_per_slot_of_the_node_warmed_up_while_no_job_runs(local_ray):
     before = pooled_containers()
     s = spec()
@@ -89,11 +105,53 @@ def test_the_pool_holds_sandboxes_per_slot_of_the_node_warmed_up_while_no_job_ru
         gen = run_job.options(resources={MONO_6.name: 1}).remote(again, 'Console.WriteLine("warm");', auto)
         assert ray.get(list(gen)[-1])["outcome"].stdout == "warm\n"
     finally:
-        ray.kill(pool)
-        left = pooled_containers() - before
-        if left:
-            for name in left:
-                remove_container(name)
+        kill_pool(pool, before)
+
+
+def test_a_lone_job_refills_the_pool_once_it_is_quiet_and_jobs_on_every_slot_refill_it_at_once(local_ray):
+    before = pooled_containers()
+    pool = PoolSpec(MONO_6.name, size=6)
+    sleep = "System.Threading.Thread.Sleep({});"
+
+    def start(ms: int):
+        return run_job.options(resources={MONO_6.name: 1}).remote(spec(), sleep.format(ms), pool)
+
+    def counts() -> dict:
+        return ray.get(actor.counts.remote())
+
+    def until(cond, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond(counts()):
+            assert time.monotonic() < deadline, f"{what}: {counts()}"
+            time.sleep(0.1)
+
+    assert ray.get(list(start(0))[-1])["outcome"].exit_code == 0
+    actor = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), spec(), pool), namespace=NAMESPACE)
+    try:
+        until(lambda c: c["idle"] == 6, "the pool did not fill")
+        lone = start(3000)
+        until(lambda c: c["active"] == 1, "the lone job did not take a sandbox")
+        for _ in range(10):  # while it runs, nothing is started: the CPU is its
+            c = counts()
+            assert c["active"] == 1 and c["idle"] + c["starting"] == 5, c
+            time.sleep(0.2)
+        assert ray.get(list(lone)[-1])["outcome"].exit_code == 0
+        for _ in range(2):  # two more, back to back: three are missing
+            assert ray.get(list(start(0))[-1])["outcome"].exit_code == 0
+        ended, seen = time.monotonic(), []
+        while not seen or seen[-1]["idle"] < 6:  # once quiet, a slot's worth of sandboxes at a time
+            seen.append(counts())
+            assert time.monotonic() - ended < 60, seen[-1]
+            time.sleep(0.05)
+        refilling = [c for c in seen if c["starting"]]
+        assert refilling and max(c["starting"] for c in seen) <= 2, seen
+        assert seen.index(refilling[0]) * 0.05 >= QUIET_S / 2 and seen[0]["idle"] + seen[0]["starting"] == 3, seen
+        pair = [start(4000), start(4000)]  # every slot busy: the refill starts at once
+        until(lambda c: c["active"] == 2, "the two jobs did not both take a sandbox")
+        until(lambda c: c["idle"] + c["starting"] == 6 and c["active"] == 2, "not refilled while both ran", timeout=3)
+        assert all(ray.get(list(gen)[-1])["outcome"].exit_code == 0 for gen in pair)
+    finally:
+        kill_pool(actor, before)
 
 
 def retired(name: str) -> None:
