@@ -127,7 +127,7 @@ def quiet(max_wait_s: float = 60.0) -> None:
         before = machine_cpu_s()
         time.sleep(1)
         calm = calm + 1 if machine_cpu_s() - before < 0.3 else 0  # an idle service itself uses ~0.15 cores (Ray)
-        if calm == 2:  # two seconds: the pool refills what a lone job took once it has had none for 1 s
+        if calm == 2:  # two seconds: a pool refills what a lone job took, and warms runners up, after a pause
             return
 
 

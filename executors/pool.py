@@ -2,8 +2,9 @@
 
 Each pooled container is started ahead with all the limits of a cold one; its runner waits for the
 script on stdin. A job takes one, renames it after itself (so it is stopped by name like any other),
-uses it once, and it is destroyed; the pool refills in the background. Isolation and the clean
-disk are exactly as without the pool: nothing is ever reused between jobs, only started earlier.
+uses it once, and it is destroyed; the pool refills in the background (at once in a burst, once
+the pool is quiet after one user's jobs: `refill_now`). Isolation and the clean disk are exactly as
+without the pool: nothing is ever reused between jobs, only started earlier.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ log = logging.getLogger(__name__)
 NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
 ARTIFACTS_ENV = ("CSRUN_ARTIFACTS", "1")  #: the runner hands out what it compiles (the compiled cache)
-#: the pool is quiet once it has run no job for this long (a user at a prompt): its idle runners warm
-#: up (warmup "auto"), and the refill a lone job left for later starts (`refill_now`)
-QUIET_S = 1.0
+WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
+#: the refill a lone job left for later (`refill_now`) starts after this long without a job: longer
+#: than the gap between one client's jobs back to back (~0.05 s), short enough that a user at a
+#: prompt finds the pool refilled (and warmed) when the next job comes
+REFILL_AFTER_S = 0.3
 #: gVisor serves clock reads through its vDSO only once it has calibrated its clock, ~1 s after the
 #: sandbox boots; until then each is a trapped syscall, and Mono's JIT reads the clock ~50 times per
 #: method it compiles (~8000 traps at start-up). A pooled runner starts after that: half the CPU of
@@ -55,7 +58,7 @@ class PoolSpec:
     size: int = -1  #: pre-started sandboxes; -1: PER_SLOT per slot of the agent type on the node
     #: a waiting runner is told to compile a small program, so the job's compile starts warm
     #: (~0.3 s less) at the price of that CPU per job. "auto": only once the pool has run no job
-    #: for QUIET_S (a user at a prompt); not in a burst or back to back, where CPU is the limit
+    #: for WARM_AFTER_S (a user at a prompt); not in a burst or back to back, where CPU is the limit
     #: and a job would wait for a warm-up under way
     warmup: Literal["auto", "always", "never"] = "never"
     #: after this long without a job the pool removes its sandboxes and its actor: Ray counts a
@@ -71,7 +74,7 @@ class PoolSpec:
 
 def refill_now(active: int, slots: int, left: int) -> bool:
     """Whether a job that just took a pooled sandbox has the pool refill now, or once it is quiet
-    (QUIET_S). A job taken while the pool runs no other (one user's jobs, back to back) leaves it for
+    (REFILL_AFTER_S). A job taken while the pool runs no other (one user's jobs, back to back) leaves it for
     later as long as a sandbox per slot is left: a sandbox started meanwhile would take its start
     (~0.2 core-s under runsc alone, ~0.45 through Docker) from the next job. With every slot busy (a
     burst) it refills at once: there the pool's depth counts."""
@@ -254,7 +257,7 @@ class SandboxPool:
             if up:
                 self.idle.append(sandbox)
                 self._warm_idle()
-            more = up and self._quiet()
+            more = up and self._quiet(REFILL_AFTER_S)
         if sandbox is not None and not up:
             self._dispose(sandbox)
         if more:
@@ -294,24 +297,29 @@ class SandboxPool:
             with self.lock:
                 self.active -= 1
                 self.last_used = time.monotonic()
-            threading.Timer(QUIET_S, self._when_quiet).start()
+            threading.Timer(REFILL_AFTER_S, self._refill_when_quiet).start()
+            if self.warmup == "auto":
+                threading.Timer(WARM_AFTER_S, self._warm_when_idle).start()
 
-    def _quiet(self) -> bool:
-        """(Holding the lock.) No job runs, and none has for QUIET_S (timers are not exact)."""
-        return self.active == 0 and time.monotonic() - self.last_used >= QUIET_S - 0.05
+    def _quiet(self, for_s: float) -> bool:
+        """(Holding the lock.) No job runs, and none has for `for_s` (timers are not exact)."""
+        return self.active == 0 and time.monotonic() - self.last_used >= for_s - 0.05
 
-    def _when_quiet(self) -> None:
+    def _refill_when_quiet(self) -> None:
         """A lone job's refill, a slot's worth at a time: a job coming meanwhile meets little of it."""
         with self.lock:
-            quiet = self._quiet()
-            self._warm_idle()
+            quiet = self._quiet(REFILL_AFTER_S)
         if quiet:
             self._refill(at_most=max(1, self.slots))
+
+    def _warm_when_idle(self) -> None:
+        with self.lock:
+            self._warm_idle()
 
     def _warm_idle(self) -> None:
         """(Holding the lock: no job can take them meanwhile.) Warms the idle runners up if the
         node has CPU to spare for it."""
-        quiet = self._quiet()
+        quiet = self._quiet(WARM_AFTER_S)
         if self.warmup == "always" or (self.warmup == "auto" and quiet):
             for sandbox in self.idle:
                 sandbox.warm_up()

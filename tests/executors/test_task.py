@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cluster.agent_types import MONO_6
-from executors.pool import NAMESPACE, PER_SLOT, QUIET_S, PoolSpec, pool_for, pool_name
+from executors.pool import NAMESPACE, PER_SLOT, REFILL_AFTER_S, PoolSpec, pool_for, pool_name
 from executors.reaper import reap
 from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec, remove_container
 from executors.nuget_config import parse
@@ -145,7 +145,7 @@ def test_a_lone_job_refills_the_pool_once_it_is_quiet_and_jobs_on_every_slot_ref
             time.sleep(0.05)
         refilling = [c for c in seen if c["starting"]]
         assert refilling and max(c["starting"] for c in seen) <= 2, seen
-        assert seen.index(refilling[0]) * 0.05 >= QUIET_S / 2 and seen[0]["idle"] + seen[0]["starting"] == 3, seen
+        assert seen.index(refilling[0]) * 0.05 >= REFILL_AFTER_S / 3 and seen[0]["idle"] + seen[0]["starting"] == 3, seen
         pair = [start(4000), start(4000)]  # every slot busy: the refill starts at once
         until(lambda c: c["active"] == 2, "the two jobs did not both take a sandbox")
         until(lambda c: c["idle"] + c["starting"] == 6 and c["active"] == 2, "not refilled while both ran", timeout=3)
