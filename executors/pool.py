@@ -74,10 +74,10 @@ class PoolSpec:
 
 def refill_now(active: int, slots: int, left: int) -> bool:
     """Whether a job that just took a pooled sandbox has the pool refill now, or once it is quiet
-    (REFILL_AFTER_S). A job taken while the pool runs no other (one user's jobs, back to back) leaves it for
-    later as long as a sandbox per slot is left: a sandbox started meanwhile would take its start
-    (~0.2 core-s under runsc alone, ~0.45 through Docker) from the next job. With every slot busy (a
-    burst) it refills at once: there the pool's depth counts."""
+    (REFILL_AFTER_S). A job taken while fewer jobs run than the node has slots (one user's jobs,
+    back to back) leaves it for later as long as a sandbox per slot is left: a sandbox started
+    meanwhile would take its start (~0.2 core-s under runsc alone, ~0.45 through Docker) from the
+    next job. With every slot busy (a burst) it refills at once: there the pool's depth counts."""
     return active >= slots or left < max(slots, 1)
 
 
