@@ -287,9 +287,9 @@ def burst(client: httpx.Client, jobs: int, observe_pid: int | None = None) -> di
                 # ~0.4 core-s a time with sixteen pooled sandboxes in it (runsc alone)
                 peak = max(peak, pss_kib(observe_pid))
 
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=sample, daemon=True) if observe_pid else None
     machine_before, cgroups_before, start = machine_cpu_s(), sandbox_cgroups_cpu_s(), time.perf_counter()
-    if observe_pid:
+    if sampler:
         sampler.start()
     with ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(lambda i: client.post("/jobs", json={
@@ -308,7 +308,7 @@ def burst(client: httpx.Client, jobs: int, observe_pid: int | None = None) -> di
     done.set()
     cpu = {"machine": round(machine / jobs, 3),
            "inside sandbox cgroups (exact, exited ones included)": round(cgroups / jobs, 3)}
-    if observe_pid:
+    if sampler:
         sampler.join()
         cpu.update({g: round(c / jobs, 3) for g, c in used.items()})
         cpu["not attributed (short-lived processes, the bench)"] = round((machine - sum(used.values())) / jobs, 3)

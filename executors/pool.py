@@ -257,11 +257,10 @@ class SandboxPool:
             if up:
                 self.idle.append(sandbox)
                 self._warm_idle()
-            more = up and self._quiet(REFILL_AFTER_S)
-        if sandbox is not None and not up:
+        if up:
+            self._refill_when_quiet()  # a paused refill goes on, a slot's worth at a time
+        elif sandbox is not None:
             self._dispose(sandbox)
-        if more:
-            self._refill(at_most=max(1, self.slots))
 
     @staticmethod
     def _dispose(sandbox: Sandbox, name: str | None = None) -> None:
