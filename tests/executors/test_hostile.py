@@ -3,6 +3,8 @@ is unharmed. (SECURITY.md maps each control to these tests.)"""
 
 import os
 import resource
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -11,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.sandbox import KILLED, Limits, SandboxSpec, run_sandbox
+from executors.sandbox import KILLED, Limits, Sandbox, SandboxSpec, engine as docker_api, run_sandbox
 from tests.conftest import sandbox_containers
 
 WALL = 10
@@ -102,7 +104,8 @@ def test_nothing_of_the_host_or_the_service_is_visible(monkeypatch):
     try:
         o, _ = run(
             'foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables()) WriteLine(e.Key + "=" + e.Value);\n'
-            'foreach (var f in new[] { "/etc/hostname", "/proc/1/cmdline" }) WriteLine(f + ":" + File.ReadAllText(f));\n'
+            'foreach (var f in new[] { "/etc/hostname", "/proc/1/cmdline", "/etc/hosts", "/etc/resolv.conf" })\n'
+            '    WriteLine(f + ":" + (File.Exists(f) ? File.ReadAllText(f) : "none"));\n'
             'WriteLine("root:" + string.Join(",", Directory.GetDirectories("/").OrderBy(d => d)));\n'
             'WriteLine("sock:" + File.Exists("/var/run/docker.sock"));\n'
         )
@@ -113,6 +116,8 @@ def test_nothing_of_the_host_or_the_service_is_visible(monkeypatch):
     assert "/etc/hostname:sandbox" in o.stdout
     assert open("/etc/hostname").read().strip() not in o.stdout.replace("/etc/hostname:sandbox", "")
     assert "sock:False" in o.stdout
+    host_resolver = [line for line in open("/etc/resolv.conf") if line.startswith("nameserver")]
+    assert not any(line.strip() in o.stdout for line in host_resolver), o.stdout  # not the host's files
     assert "/work" not in o.stdout.split("root:")[1]
 
 
@@ -152,12 +157,57 @@ def test_files_of_one_job_are_invisible_to_the_next():
     assert second.stdout == "False False 0\n"
 
 
+def host_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines()]
+
+
 def test_no_network_in_none_mode():
-    o, _ = run('try { new System.Net.Sockets.TcpClient().Connect("1.1.1.1", 80); WriteLine("connected"); }\n'
-               'catch (Exception e) { WriteLine("refused " + e.GetType().Name); }\n'
-               'try { System.Net.Dns.GetHostEntry("example.com"); WriteLine("resolved"); } catch (Exception e) { WriteLine("no dns"); }', wall_time_s=20)
+    # a service of the host's on every address (its loopback too): a sandbox on the host's network
+    # (Docker starts gVisor ones with `--network host`, gVisor keeping them off it) would reach it
+    with socket.create_server(("0.0.0.0", 0)) as server:
+        port = server.getsockname()[1]
+        targets = ["1.1.1.1:80", *(f"{a}:{port}" for a in host_addresses())]
+        assert f"127.0.0.1:{port}" in targets
+        o, _ = run('foreach (var t in new[] { "' + '", "'.join(targets) + '" }) {\n'
+                   '    var c = new System.Net.Sockets.TcpClient(); var hp = t.Split(\':\');\n'
+                   '    try { WriteLine((c.ConnectAsync(hp[0], int.Parse(hp[1])).Wait(2000) ? "connected " : "no answer ") + t); }\n'
+                   '    catch (Exception) { WriteLine("refused " + t); } }\n'
+                   'try { System.Net.Dns.GetHostEntry("example.com"); WriteLine("resolved"); } catch (Exception e) { WriteLine("no dns"); }\n'
+                   'WriteLine("interfaces " + string.Join(",", System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces().Select(i => i.Name)));',
+                   wall_time_s=30)
+    assert o.exit_code == 0, o.stderr
     assert "connected" not in o.stdout and "resolved" not in o.stdout
-    assert "refused" in o.stdout and "no dns" in o.stdout
+    assert all(f"refused {t}" in o.stdout or f"no answer {t}" in o.stdout for t in targets), o.stdout
+    assert f"refused 127.0.0.1:{port}" in o.stdout  # a loopback of its own, where nothing listens
+    assert "no dns" in o.stdout
+    assert "interfaces lo\n" in o.stdout, o.stdout
+
+
+def test_a_sandbox_and_its_gofer_have_a_network_namespace_of_their_own():
+    spec = SandboxSpec(job_id=f"hostile-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command, engine=ENGINE)
+    box = Sandbox(spec)
+    try:
+        assert box.wait_started()
+        if ENGINE == "docker":  # Docker made none for it: gVisor did (its runtime runs with --network=none)
+            inspect = docker_api().inspect_container(box.name)
+            assert inspect["HostConfig"]["NetworkMode"] == "host"
+            key = inspect["Id"]
+        else:
+            key = box.name
+        found = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                if argv[0] in (b"runsc-sandbox", b"runsc-gofer") and any(key.encode() in a for a in argv):
+                    found[argv[0].decode()] = os.readlink(f"/proc/{pid}/ns/net")
+            except OSError:
+                continue
+        assert set(found) == {"runsc-sandbox", "runsc-gofer"}, found
+        host = os.readlink("/proc/self/ns/net")
+        assert host not in found.values() and len(set(found.values())) == 2
+    finally:
+        box.discard()
 
 
 def test_hostile_jobs_in_parallel_do_not_starve_a_hello_world():

@@ -2,7 +2,8 @@
 
 from dataclasses import replace
 
-from executors.sandbox import KILLED, LABEL, Limits, SandboxSpec, docker_run_args, killed_for_memory, oom_kills
+from executors.sandbox import (ETC_DIR, KILLED, LABEL, Limits, SandboxSpec, docker_run_args, killed_for_memory,
+                               oom_kills, runsc_without_network)
 
 SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
                    limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=50, nofile=64,
@@ -71,6 +72,29 @@ def test_egress_mode_joins_the_filtered_bridge_with_gvisor_on_the_containers_net
     assert option(args, "--runtime") == ["runsc-host-net"]
     dev = SandboxSpec(job_id="x", image="i", command=("c",), network="egress", runtime="runc")
     assert option(docker_run_args(dev), "--runtime") == ["runc"]
+
+
+def test_docker_makes_no_netns_for_a_gvisor_sandbox_that_makes_its_own():
+    args = docker_run_args(SPEC, gvisor_netns=True)
+    assert option(args, "--network") == ["host"]  # Docker's namespace: gVisor's --network=none ignores it
+    assert option(args, "--runtime") == ["runsc"]
+    assert option(args, "--hostname") == ["sandbox"]
+    assert option(args, "--mount") == [f"type=bind,source={ETC_DIR}/hosts,target=/etc/hosts,readonly",
+                                       f"type=bind,source={ETC_DIR}/resolv.conf,target=/etc/resolv.conf,readonly"]
+    # runc would share the host's network, egress needs Docker's bridge, and without the check: Docker's
+    for spec in (replace(SPEC, runtime="runc"), replace(SPEC, runtime="runsc-host-net")):
+        assert option(docker_run_args(spec, gvisor_netns=True), "--network") == ["none"]
+    assert option(docker_run_args(replace(SPEC, network="egress"), gvisor_netns=True), "--network") == ["dotnet-scripts-egress"]
+    assert option(docker_run_args(SPEC), "--network") == ["none"]
+    assert option(docker_run_args(SPEC), "--mount") == []
+
+
+def test_only_a_runsc_runtime_without_network_counts_as_making_its_own_netns():
+    assert runsc_without_network({"runc": {}, "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}})
+    assert runsc_without_network({"runsc": {"runtimeArgs": ["--debug", "--network=none"]}})
+    for args in ([], ["--network=host"], ["--network", "none"], ["--network=none", "--network=host"], ["--network=none", "-network=host"], None):
+        assert not runsc_without_network({"runsc": {"path": "runsc", "runtimeArgs": args}}), args
+    assert not runsc_without_network({"runc": {"path": "runc"}})
 
 
 def test_packages_are_mounted_read_only_and_listed_for_the_runner():
