@@ -102,6 +102,22 @@ def test_default_imports_are_dotnet_scripts():
     assert o.stdout.split() == ["1,2,3", "sb", "1", "2", "7", "a/b", "True", "5"]
 
 
+def test_the_framework_assemblies_are_referenced_without_mcs_s_defaults():
+    # csrun compiles with -noconfig: what mcs would add itself (System, System.Xml, System.Core,
+    # Microsoft.CSharp) comes from csrun's own list, with the rest of the framework it offers
+    o = run(
+        "WriteLine(new Uri(\"http://a/b\").Host);\n"  # System
+        "var doc = new System.Xml.XmlDocument(); doc.LoadXml(\"<r a='1'/>\"); WriteLine(doc.DocumentElement.GetAttribute(\"a\"));\n"
+        "WriteLine(new System.Xml.Linq.XElement(\"x\", 2));\n"  # System.Xml.Linq
+        "WriteLine(new[] { 1, 2 }.Sum());\n"  # System.Core
+        "dynamic d = \"str\"; Console.WriteLine(d.Length);\n"  # Microsoft.CSharp
+        "WriteLine(System.Numerics.BigInteger.Pow(2, 70));\n"  # System.Numerics
+        "WriteLine(typeof(System.Net.Http.HttpClient).Name);\n"  # System.Net.Http
+    )
+    assert (o.exit_code, o.stderr) == (0, "")
+    assert o.stdout.split() == ["a", "1", "<x>2</x>", "3", "3", "1180591620717411303424", "HttpClient"]
+
+
 def test_top_level_return_is_the_exit_code():
     o = run('WriteLine("a");\nif (DateTime.Now.Year > 2000) return 42;\nWriteLine("b");')
     assert (o.exit_code, o.stdout) == (42, "a\n")
