@@ -124,9 +124,9 @@ def docker_run_args(spec: SandboxSpec, gvisor_netns: bool = False) -> list[str]:
     gVisor starts each sandbox, its gofer too, in a new network namespace of its own, empty but for
     gVisor's loopback, whatever namespace Docker made for it. Docker then makes none (`--network
     host`: Docker's namespace is what runsc ignores; the sandbox's is still its own): ~0.1 core-s
-    less per container (a namespace made, set up by a re-exec of dockerd, and torn down), and no
-    netns file left behind. The sandbox reads the node's files at /etc/hosts and /etc/resolv.conf
-    (`ETC_DIR`: no names, no name server) instead of copies of the host's."""
+    less per container (a namespace made, set up by a re-exec of dockerd, and torn down). The
+    sandbox reads the node's files at /etc/hosts and /etc/resolv.conf (`ETC_DIR`: no names, no
+    name server) instead of copies of the host's."""
     lim = spec.limits
     runtime, network = spec.runtime, "none"
     mounts = list(spec.mounts)
