@@ -174,20 +174,22 @@ ETC_DIR = runsc.RUN_DIR.parent / "etc"
 ETC_FILES = {"hosts": runsc.HOSTS, "resolv.conf": ""}
 RUNTIME_CHECK_S = 30.0  #: how long what Docker says of its runtime "runsc" is taken as still true
 _runtime_checked: list[float | bool] = [float("-inf"), False]  #: when, and whether gVisor makes the netns
+#: a pool starts its sandboxes from many threads at once: one of them asks Docker, the rest wait
+_runtime_lock = threading.Lock()
 
 
 def gvisor_makes_netns() -> bool:
     """Whether Docker's runtime "runsc" runs gVisor with `--network=none` (scripts/setup.sh sets it
     so), which puts every sandbox in a network namespace of its own; then the node's files for
     `ETC_DIR` are written. False if Docker cannot tell: the sandbox gets Docker's namespace."""
-    when, _ = _runtime_checked
-    if time.monotonic() - when > RUNTIME_CHECK_S:
-        try:
-            ok = runsc_without_network(engine().info()["Runtimes"]) and _write_etc()
-        except (DockerException, requests.RequestException, KeyError):
-            ok = False
-        _runtime_checked[:] = [time.monotonic(), ok]
-    return bool(_runtime_checked[1])
+    with _runtime_lock:
+        if time.monotonic() - _runtime_checked[0] > RUNTIME_CHECK_S:
+            try:
+                ok = runsc_without_network(engine().info()["Runtimes"]) and _write_etc()
+            except (DockerException, requests.RequestException, KeyError):
+                ok = False
+            _runtime_checked[:] = [time.monotonic(), ok]
+        return bool(_runtime_checked[1])
 
 
 def runsc_without_network(runtimes: dict) -> bool:
@@ -203,7 +205,7 @@ def _write_etc() -> bool:
         for name, text in ETC_FILES.items():
             path = ETC_DIR / name
             if not path.is_file() or path.read_text() != text:
-                tmp = path.with_name(f".{name}.{os.getpid()}")
+                tmp = path.with_name(f".{name}.{os.getpid()}")  # node processes may write them at once
                 tmp.write_text(text)
                 tmp.chmod(0o644)
                 tmp.replace(path)
