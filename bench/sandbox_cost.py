@@ -31,7 +31,7 @@ from cluster.agent_types import MONO_6  # noqa: E402
 from executors.pool import ARTIFACTS_ENV, PoolSpec, template  # noqa: E402
 from executors.runsc import image_rootfs, oci_config  # noqa: E402
 from executors import sandbox  # noqa: E402
-from executors.sandbox import Sandbox, SandboxSpec, artifact_frame  # noqa: E402
+from executors.sandbox import DELAY_BY_SHELL, Sandbox, SandboxSpec, artifact_frame  # noqa: E402
 
 HELLO_CS = 'class Hello { static void Main() { System.Console.WriteLine("hi"); } }\n'
 MONO = ["mono", "--debug", "-O=-inline"]  # as the runner is started
@@ -60,7 +60,7 @@ def job_and_teardown(engine: str, grace: float, artifact: bytes, script: str, ru
     """Machine core-seconds per job of pooled runners (started as the pool does, then idle) running a
     cached script and being removed, with `grace` for a runner that sent its end frames to end itself."""
     spec = SandboxSpec(job_id="cost", image=MONO_6.image, command=MONO_6.command, engine=engine,
-                       env=(*MONO_6.env, ARTIFACTS_ENV))
+                       env=(*MONO_6.env, ARTIFACTS_ENV), delayed_start=MONO_6.delayed_start)
     spec = template(spec, PoolSpec(MONO_6.name, cache_mb=64))
     boxes = [Sandbox(replace(spec, job_id=f"cost-pool-{uuid.uuid4()}")) for _ in range(runs)]
     for box in boxes:
@@ -88,8 +88,11 @@ def main() -> None:
         subprocess.run(["mcs", "-nologo", f"-out:{tmp}/hello/hello.exe", str(tmp / "hello.cs")], check=True)
         hello = ["/hello/hello.exe"]
         # as the pool starts its runner: once gVisor's clock is calibrated (its wait is in the wall time)
-        pool_start = template(SandboxSpec(job_id="cost", image=MONO_6.image, command=()), PoolSpec(MONO_6.name)).command
-        pooled = [*pool_start, *MONO, *hello]
+        def pool_start(delayed_start=MONO_6.delayed_start) -> list[str]:
+            spec = SandboxSpec(job_id="cost", image=MONO_6.image, command=(), delayed_start=delayed_start)
+            return list(template(spec, PoolSpec(MONO_6.name)).command)
+        by_shell = pool_start(DELAY_BY_SHELL)  # how pools started them before runner/after.c
+        pooled = [*pool_start(), *MONO, *hello]
         docker = ["docker", "run", "--rm", "-i", "--network=none", "--read-only", "--user", "10001:10001",
                   "-v", f"{tmp}/hello:/hello:ro"]
         # as the service starts a gVisor sandbox without network: Docker makes no namespace, gVisor does
@@ -123,7 +126,9 @@ def main() -> None:
                 ("runsc alone: csrun, a repeated hello",
                  [*runsc, str(bundle(tmp / "b-csrun", list(MONO_6.command), {}, runner_env))], cached),
                 ("runsc alone: csrun, a repeated hello, pooled",
-                 [*runsc, str(bundle(tmp / "b-csrun-pooled", [*pool_start, *MONO_6.command], {}, runner_env))], cached),
+                 [*runsc, str(bundle(tmp / "b-csrun-pooled", [*pool_start(), *MONO_6.command], {}, runner_env))], cached),
+                ("runsc alone: csrun, a repeated hello, pooled by shell",
+                 [*runsc, str(bundle(tmp / "b-csrun-shell", [*by_shell, *MONO_6.command], {}, runner_env))], cached),
             ]:
                 if cmd[0] == "runsc":  # a container id of its own for each run
                     cmd = ["sh", "-c", 'exec "$@" "c$$"', "sh", *cmd]

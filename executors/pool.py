@@ -85,7 +85,7 @@ def template(spec: SandboxSpec, pool: PoolSpec) -> SandboxSpec:
     """The spec of a pooled sandbox for jobs like `spec`: same everything but the job and its packages."""
     command = spec.command
     if spec.gvisor:  # its runner starts once gVisor's clock is calibrated
-        command = ("sh", "-c", f'sleep {GVISOR_CLOCK_S:g}; exec "$@"', "sh", *command)
+        command = (*spec.delayed_start, f"{GVISOR_CLOCK_S:g}", *command)
     env = (*[(k, v) for k, v in spec.env if k != REFERENCES_ENV],
            *([ARTIFACTS_ENV] if pool.cache_mb > 0 else []),
            *([(REFERENCES_ENV, "-")] if pool.packages_dir else []))

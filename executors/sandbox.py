@@ -52,6 +52,10 @@ class Limits:
     output_bytes: int = 1 << 20  #: per stream; the rest is dropped and the result marked truncated
 
 
+#: how any image with a shell starts a command after a delay: these, the seconds, the command
+DELAY_BY_SHELL = ("sh", "-c", 'sleep "$0"; exec "$@"')
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     job_id: str
@@ -75,6 +79,8 @@ class SandboxSpec:
     #: "runsc": started by runsc alone (executors/runsc.py), ~0.2 core-s less per sandbox than
     #: through Docker; only with runtime "runsc" and network "none", else Docker starts it anyway
     engine: str = "docker"
+    #: how the image starts the command after a delay (a pooled gVisor runner's, executors/pool.py)
+    delayed_start: tuple[str, ...] = DELAY_BY_SHELL
 
     @property
     def name(self) -> str:

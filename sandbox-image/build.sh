@@ -34,6 +34,8 @@ fi
 [ -n "$mirror" ] || { echo "no Debian mirror found in apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
 
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+# runner/after.c is compiled here, statically (the image has no compiler)
+command -v gcc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
 root=$(mktemp -d /var/tmp/dotnet-scripts-rootfs.XXXXXX)
 cleanup() { umount "$root/proc" 2>/dev/null || true; rm -rf "$root"; }
 trap cleanup EXIT
@@ -49,6 +51,7 @@ mkdir -p "$root/opt/csrun" "$root/sandbox"
 cp "$here/$flavour/runner/csrun.cs" "$root/opt/csrun/"
 chroot "$root" mcs -nologo -optimize -out:/opt/csrun/csrun.exe -r:System.Core -r:/usr/lib/mono/4.5/mcs.exe /opt/csrun/csrun.cs
 rm "$root/opt/csrun/csrun.cs"
+gcc -static -O2 -s -o "$root/opt/csrun/after" "$here/$flavour/runner/after.c"
 # the unprivileged user scripts run as (the executor passes the same uid/gid)
 echo "sandbox:x:10001:10001::/sandbox:/usr/sbin/nologin" >> "$root/etc/passwd"
 echo "sandbox:x:10001:" >> "$root/etc/group"

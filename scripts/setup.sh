@@ -11,6 +11,7 @@ command -v dockerd >/dev/null || need+=(docker.io containerd runc)
 command -v runsc >/dev/null || need+=(runsc)
 command -v iptables >/dev/null || need+=(iptables)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+dpkg -s gcc libc6-dev >/dev/null 2>&1 || need+=(gcc libc6-dev)  # the image's static helper (runner/after.c)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"

@@ -55,7 +55,7 @@ def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str, config:
     return SandboxSpec(job_id=str(job_id), image=t.image, command=t.command, runtime=settings.sandbox_runtime,
                        user=t.user, work_dir=t.work_dir, network=network,
                        egress_allow=tuple(settings.egress_allow), limits=limits, env=t.env,
-                       engine=settings.sandbox_engine)
+                       engine=settings.sandbox_engine, delayed_start=t.delayed_start)
 
 
 def nuget_spec(settings: Settings, agent_type: str, config: JobConfig | None) -> NuGetSpec | None:

@@ -31,8 +31,12 @@ def test_jobs_with_and_without_packages_share_one_pool_whose_runners_read_the_li
 
 def test_a_pooled_gvisor_runner_starts_once_the_sandbox_clock_is_calibrated_and_is_then_the_same_process():
     t = template(job(), PACKAGES)
-    assert t.command == ("sh", "-c", f'sleep {GVISOR_CLOCK_S:g}; exec "$@"', "sh", *MONO_6.command)
+    assert t.command == ("sh", "-c", 'sleep "$0"; exec "$@"', f"{GVISOR_CLOCK_S:g}", *MONO_6.command)
     assert GVISOR_CLOCK_S >= 1.0  # gVisor calibrates ~1 s after its boot
+    # an image that has a way of its own (Mono's static helper, no shell)
+    helped = template(job(delayed_start=MONO_6.delayed_start), PACKAGES)
+    assert helped.command == ("/opt/csrun/after", f"{GVISOR_CLOCK_S:g}", *MONO_6.command)
+    assert pool_name("n" * 40, job(delayed_start=MONO_6.delayed_start), PACKAGES) != pool_name("n" * 40, job(), PACKAGES)
     # runc has no such clock: its runner starts at once, as does every cold sandbox's
     assert template(job(runtime="runc"), PACKAGES).command == MONO_6.command == job().command
 

@@ -264,3 +264,21 @@ def test_a_sandbox_ending_soon_after_its_end_frames_ends_itself_and_one_that_run
     assert killed(sleep_ms=100)[0] is False
     was_killed, took = killed(sleep_ms=20000)
     assert was_killed and EXIT_GRACE_S <= took < EXIT_GRACE_S + 10
+
+
+def test_the_delayed_start_helper_waits_then_becomes_the_command_and_refuses_bad_usage():
+    # how pooled runners start once gVisor's clock is calibrated (runner/after.c): the runner is
+    # then process 1 itself, as in a cold sandbox
+    def run_command(*command: str):
+        spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=command,
+                           limits=Limits(wall_time_s=30))
+        return run_sandbox(spec, "")
+
+    o = run_command(*MONO_6.delayed_start, "0.6", "sh", "-c", 'echo $$; tr "\\0" " " < /proc/1/cmdline')
+    assert (o.exit_code, o.stdout) == (0, "1\nsh -c echo $$; tr \"\\0\" \" \" < /proc/1/cmdline "), o
+    assert (o.finished_at - o.started_at).total_seconds() >= 0.6
+    for bad in (("x", "true"), ("-1", "true"), ("1",)):
+        o = run_command(*MONO_6.delayed_start, *bad)
+        assert o.exit_code == 2 and "usage: after SECONDS PROGRAM" in o.stderr, (bad, o)
+    o = run_command(*MONO_6.delayed_start, "0", "no-such-program")
+    assert o.exit_code == 127 and "no-such-program" in o.stderr

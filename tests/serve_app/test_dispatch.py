@@ -61,6 +61,9 @@ def test_sandbox_spec_takes_the_agent_type_and_the_limits():
     assert spec.runtime == "runc"
     assert spec.limits.wall_time_s == 7 and spec.limits.memory_mb == 300
     assert spec.name == "dotnet-scripts-job-00000000-0000-0000-0000-000000000001"
+    # the image's own way of starting its runner late (the pool's), the shell's where it has none
+    assert spec.delayed_start == ("/opt/csrun/after",)
+    assert sandbox_spec(s, "00000000-0000-0000-0000-000000000001", "linux-amd64-dotnet-7").delayed_start[0] == "sh"
 
 
 def settings(**kw) -> Settings:

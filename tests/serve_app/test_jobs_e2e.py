@@ -146,7 +146,7 @@ def test_jobs_take_pre_started_sandboxes_from_the_pool(jobs):
 
 
 def test_a_pooled_runner_is_process_1_as_in_a_cold_sandbox(jobs):
-    # a pooled gVisor runner starts late (executors/pool.py GVISOR_CLOCK_S) through a shell that
+    # a pooled gVisor runner starts late (executors/pool.py GVISOR_CLOCK_S) through a helper that
     # execs it: no shell is left above the script, and kill -9 1 still ends the runner
     since = str(int(time.time()) - 1)
     job = jobs.run('Console.WriteLine(File.ReadAllText("/proc/1/cmdline").Replace("\\0", " ").Trim());\n'
