@@ -9,9 +9,16 @@ from serve_app.models import FinishedWith, JobRequest, JobResult, JobStatus
 from serve_app.store import JobStore
 
 
+@pytest.fixture(scope="module")
+def store_url(new_database) -> str:
+    # a database of its own: the session's service, alive meanwhile, dispatches the PENDING jobs it
+    # finds in the shared one (every RESCAN_S), and took one of a test's queue once
+    return new_database("store")
+
+
 @pytest.fixture
-def store(database_url):
-    return JobStore(database_url)
+def store(store_url):
+    return JobStore(store_url)
 
 
 def request(rid=None) -> JobRequest:
