@@ -34,6 +34,7 @@ CGROUP_PARENT = "/dotnet-scripts"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 START_FAILED = 128  #: `runsc run` itself failed (its message on stderr): not the script's fault
+PANIC_LOG = "panic.log"  #: in the bundle: what gVisor's Go runtime says when it panics
 
 
 def runsc(*args: str) -> list[str]:
@@ -180,7 +181,18 @@ def write_bundle(spec, labels: dict[str, str]) -> Path:
 
 
 def run_args(spec, bundle: Path) -> list[str]:
-    return runsc("run", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), spec.name)
+    return runsc("--panic-log", str(bundle / PANIC_LOG), "run", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"),
+                 spec.name)
+
+
+def crashed(name: str) -> bool:
+    """Whether gVisor itself ended the sandbox (its Go runtime panicked: `runsc run` then exits 2,
+    as a script may). It does when the kernel OOM-kills one of its ptrace stubs, which hold the
+    script's memory: "ptrace get regs failed: no such process"."""
+    try:
+        return "panic" in (BUNDLES_DIR / name / PANIC_LOG).read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def started(name: str) -> bool:

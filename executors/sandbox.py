@@ -472,6 +472,8 @@ class Sandbox:
         if not (runsc.BUNDLES_DIR / self.spec.name).is_dir() or (
                 code == runsc.START_FAILED and self.err.text().startswith("running container: ")):
             return None
+        if code != 0 and runsc.crashed(self.spec.name):  # the script was killed with its sandbox (by the OOM killer?)
+            code = KILLED
         return {"ExitCode": code, "OOMKilled": False, "StartedAt": "started"}  # it ran: a 125 is the script's
 
     def discard(self) -> None:

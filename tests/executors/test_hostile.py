@@ -67,7 +67,7 @@ def test_memory_bombs_side_by_side_are_all_marked():
     with ThreadPoolExecutor(3) as pool:
         outcomes = list(pool.map(lambda _: run(MEMORY_BOMB, memory_mb=128)[0], range(6)))
     assert all(o.out_of_memory and o.exit_code == KILLED for o in outcomes), [
-        (o.exit_code, o.out_of_memory, o.stderr[-300:]) for o in outcomes]  # stderr: once (1 in ~100) an exit 2
+        (o.exit_code, o.out_of_memory, o.stderr[-300:]) for o in outcomes]  # runsc alone: see runsc.crashed
 
 
 def test_a_script_killing_its_own_runner_is_not_out_of_memory():

@@ -3,7 +3,9 @@ against the real runsc a sandbox is stopped by its job's name, an orphan is reap
 cgroups, and a start failure is ours, not the script's."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -16,7 +18,7 @@ import pytest
 from cluster.agent_types import MONO_6
 from executors import runsc
 from executors.reaper import reap
-from executors.sandbox import LABEL, Limits, Sandbox, SandboxError, SandboxSpec, labels, run_sandbox, stop_job_sandbox, via_runsc
+from executors.sandbox import KILLED, LABEL, Limits, Sandbox, SandboxError, SandboxSpec, labels, run_sandbox, stop_job_sandbox, via_runsc
 from tests.conftest import sandbox_containers
 
 SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_id="n1", engine="runsc",
@@ -181,3 +183,43 @@ def test_the_event_record_keeps_the_last_mebibyte_or_so_in_order(tmp_path, monke
     assert [int(name[1:]) for _, name, _ in kept] == sorted(int(name[1:]) for _, name, _ in kept)
     assert sum(p.stat().st_size for p in tmp_path.iterdir()) < 3 * 200
     assert runsc.events(time.time() + 1) == []
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """(pid, resident KiB) of every process under `pid`."""
+    rows = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,rss="], capture_output=True, text=True, check=True).stdout
+    children: dict[int, list[tuple[int, int]]] = {}
+    for line in rows.splitlines():
+        child, parent, rss = map(int, line.split())
+        children.setdefault(parent, []).append((child, rss))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def test_a_script_whose_gvisor_dies_under_it_is_reported_killed_not_as_gvisor_s_exit_code():
+    # the kernel's OOM killer picks the biggest process of a sandbox's cgroup: the ptrace stub that
+    # holds the script's memory. gVisor then panics and `runsc run` exits 2, as a script may; the run
+    # must read as killed (which the kernel's OOM count then marks out of memory). The stub is
+    # killed by hand here; no OOM kill happens meanwhile, so it is not marked out of memory.
+    s = Sandbox(spec())
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault(
+        "o", s.run('Console.WriteLine("up");\nwhile (true) System.Threading.Thread.Sleep(50);', remove=True)))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not (runsc.started(s.spec.name) and any(rss > 20_000 for _, rss in descendants(
+            int((runsc.BUNDLES_DIR / s.spec.name / "pid").read_text() or 0)))):  # Mono's stub is up
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    sentry = int((runsc.BUNDLES_DIR / s.spec.name / "pid").read_text())
+    stub, _ = max(descendants(sentry), key=lambda p: p[1])
+    os.kill(stub, signal.SIGKILL)
+    runner.join(30)
+    o = outcome["o"]
+    assert o.stdout == "up\n" and o.exit_code == KILLED and not o.out_of_memory and not o.timed_out, o
+    assert s.spec.name not in sandbox_containers() and cgroups(s.spec.name) == []
