@@ -43,7 +43,7 @@ MONO_6 = AgentType(
     artifacts=True,
     # end frames: the outcome is known when the runner is done, not when gVisor has torn down
     env=(END_FRAMES_ENV,),
-    # runner/after.c: no shell, no `sleep` process, ~0.03 core-s less per pooled sandbox
+    # runner/after.c: no shell, no `sleep` process, ~0.02-0.03 core-s less per pooled sandbox
     delayed_start=("/opt/csrun/after",),
 )
 
