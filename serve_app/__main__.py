@@ -9,17 +9,15 @@ import os
 import signal
 import threading
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# Serve's controller reconciles every 0.1 s by default: with the GCS queries each pass makes, ~0.03
-# of an idle 2-core node's cores (measured), taken from the sandboxes in a burst. This deployment
-# changes rarely; 0.5 s halves that (200 jobs at once: ~1.7% more jobs/s). Set for the local head
-# started below; a cluster's head sets it on its `ray start` (ray-cluster.yaml).
-os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+from cluster.node import SERVE_TUNING, node_resources
+
+# for the local head started below (a cluster's nodes set them on their `ray start`)
+for key, value in {"RAY_AUTH_MODE": "disabled", **SERVE_TUNING}.items():
+    os.environ.setdefault(key, value)
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from cluster.node import node_resources  # noqa: E402
 from executors.network import remove_egress  # noqa: E402
 from executors.reaper import reap  # noqa: E402
 from serve_app.app import build  # noqa: E402

@@ -88,6 +88,15 @@ class Service:
     url: str
     log: Path  #: everything the service and its Ray workers printed
     workdir: Path
+    pid: int = 0  #: `python -m serve_app`, the driver of its local Ray
+
+    def ray_logs(self) -> Path:
+        """The logs folder of the Ray session its process started (from the files it holds open)."""
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            target = os.readlink(fd) if fd.is_symlink() else ""
+            if "/logs/" in target and "/session_" in target:
+                return Path(target[:target.index("/logs/") + len("/logs")])
+        raise RuntimeError("the service holds no Ray session log open")
 
 
 @contextmanager
@@ -112,7 +121,7 @@ def api_service(workdir: Path, **env_overrides: str):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("service did not start:\n" + log_path.read_text()[-4000:])
                 time.sleep(0.5)
-            yield Service(base, log_path, workdir)
+            yield Service(base, log_path, workdir, proc.pid)
         finally:
             _stop(proc)
 

@@ -188,6 +188,17 @@ def test_logs_never_contain_script_text_or_output(service, jobs):
     assert marker not in log
 
 
+def test_serve_s_request_lines_stay_in_serve_s_files_not_the_console(service, jobs):
+    """RAY_SERVE_LOG_TO_STDERR=0 (cluster/node.py SERVE_TUNING): Ray would ship each of them
+    through its log monitor and the GCS to the driver, four per job."""
+    job = jobs.run('Console.WriteLine("hi");')
+    time.sleep(1)
+    assert job["jobId"] in service.log.read_text(errors="replace")  # the dispatcher's lines still come
+    assert not re.search(r"(GET|POST) /jobs\S* \d{3} ", service.log.read_text(errors="replace"))
+    serve_logs = service.ray_logs() / "serve"
+    assert any(re.search(r"POST /jobs \d{3} ", f.read_text(errors="replace")) for f in serve_logs.glob("*.log"))
+
+
 def readme_curl_commands(heading: str = "## Try it") -> list[str]:
     """The commands of a README section's first sh block, as a reader would paste them (a
     `NAME=value` line is kept in front of each command that follows it)."""
