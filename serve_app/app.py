@@ -124,7 +124,12 @@ async def _internal(_request: Request, exc: Exception):
     return JSONResponse(status_code=500, content={"message": "internal error; the details are in the service's logs"})
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+#: requests a replica takes at once: most of a replica's are long-polls, each an awaited event, so
+#: Serve's default (5) let ten waiting clients hold every other request until a wait ended
+MAX_ONGOING_REQUESTS = 1000
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress(app)
 class JobService:
     def __init__(self, settings: dict):

@@ -3,6 +3,7 @@ told by the dispatcher, when Redis is gone."""
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import httpx
@@ -45,6 +46,22 @@ def test_long_poll_gives_up_after_wait_seconds(redis_and_client):
     r = client.get(f"/jobs/{job_id}/result", params={"wait": 2})
     assert r.json()["result"] is None and 2 <= time.monotonic() - start < 4
     assert client.delete(f"/jobs/{job_id}").status_code == 200
+
+
+def test_many_waiting_clients_do_not_hold_up_the_others(redis_and_client):
+    """More long-polls than Serve's default lets a replica take (5 each) must not queue the other
+    clients' requests behind them until a wait ends."""
+    _, client = redis_and_client
+    job_id = submit(client, "System.Threading.Thread.Sleep(20000);")
+    with ThreadPoolExecutor(16) as pool:
+        polls = [pool.submit(client.get, f"/jobs/{job_id}/result", params={"wait": 30}) for _ in range(16)]
+        time.sleep(2)  # they have reached the replicas
+        other = submit(client, 'Console.WriteLine("x");')
+        status = client.get(f"/jobs/{other}/status")
+        assert not any(p.done() for p in polls)  # answered while every wait still waits
+        assert status.status_code == 200 and status.json()["status"] in ("PENDING", "RUNNING", "FINISHED")
+        assert client.delete(f"/jobs/{job_id}").status_code == 200
+        assert {p.result().status_code for p in polls} <= {200, 404}  # and the waits end with it
 
 
 @pytest.mark.parametrize("wait", [-1, 61, "x"])
