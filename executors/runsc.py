@@ -302,8 +302,11 @@ def sandboxes() -> dict[str, dict[str, str]]:
                 found[bundle.name] = json.loads((bundle / "config.json").read_text()).get("annotations", {})
             except (OSError, ValueError):
                 # half written, or half removed: an orphan once it is a minute old
-                if time.time() - bundle.stat().st_mtime > 60:
-                    found[bundle.name] = {}
+                try:
+                    if time.time() - bundle.stat().st_mtime > 60:
+                        found[bundle.name] = {}
+                except FileNotFoundError:
+                    pass  # removed meanwhile
     return found
 
 

@@ -223,3 +223,23 @@ def test_a_script_whose_gvisor_dies_under_it_is_reported_killed_not_as_gvisor_s_
     o = outcome["o"]
     assert o.stdout == "up\n" and o.exit_code == KILLED and not o.out_of_memory and not o.timed_out, o
     assert s.spec.name not in sandbox_containers() and cgroups(s.spec.name) == []
+
+
+def test_the_sandboxes_listing_skips_a_bundle_removed_while_it_is_read(tmp_path, monkeypatch):
+    """A sandbox's bundle goes when it ends, in another thread or process: listing (the reaper,
+    the tests' leak check) may meet one half read and then gone."""
+    monkeypatch.setattr(runsc, "BUNDLES_DIR", tmp_path)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "config.json").write_text(json.dumps({"annotations": {"a": "b"}}))
+    (tmp_path / "going").mkdir()
+    (tmp_path / "going" / "config.json").write_text("{}")
+    read_text = Path.read_text
+
+    def removed_while_read(self, *args, **kwargs):
+        if self.parent.name == "going":
+            shutil.rmtree(self.parent)
+            raise FileNotFoundError(str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", removed_while_read)
+    assert runsc.sandboxes() == {"kept": {"a": "b"}}
