@@ -71,6 +71,11 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def alive_actors(stack: Stack) -> list:
+    """Asked of this cluster by its address: without one, Ray asks the machine's latest cluster."""
+    return list_actors(address=stack.cluster.address, filters=[("state", "=", "ALIVE")], detail=True)
+
+
 def test_every_job_runs_on_a_node_of_its_agent_type_and_records_it(stack):
     ids = [submit(stack, f"Console.WriteLine({i});") for i in range(6)]
     offering = {n.node_id for n in stack.nodes}
@@ -80,7 +85,7 @@ def test_every_job_runs_on_a_node_of_its_agent_type_and_records_it(stack):
         assert stack.store.get(uuid.UUID(job_id)).node_id in offering  # never the head, which offers none
     # and the API's replicas, the dispatcher and the launcher are on the head, off the sandbox nodes
     head = stack.cluster.head_node.node_id
-    service = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+    service = [a for a in alive_actors(stack)
                if "JobService" in a.class_name or a.class_name in ("Dispatcher", "Launcher")]
     assert len(service) == 4 and {a.node_id for a in service} == {head}, [(a.class_name, a.node_id) for a in service]
 
@@ -124,7 +129,7 @@ def test_killing_the_dispatcher_during_a_burst_loses_no_job_and_runs_none_twice(
 
 def test_an_api_replica_killed_mid_burst_loses_nothing(stack):
     ids = [submit(stack, f'System.Threading.Thread.Sleep(500); Console.WriteLine("r{i}");') for i in range(8)]
-    replica = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if "JobService" in a.class_name)
+    replica = next(a for a in alive_actors(stack) if "JobService" in a.class_name)
     ray.kill(ray.get_actor(replica.name, namespace=replica.ray_namespace), no_restart=True)  # Serve starts another
 
     def ended(job_id: str) -> bool:
@@ -139,7 +144,7 @@ def test_an_api_replica_killed_mid_burst_loses_nothing(stack):
     for i, job_id in enumerate(ids):  # the jobs never depended on the replica that took them
         job = stack.jobs.wait(job_id)
         assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"r{i}\n", job
-    wait_until(lambda: len([a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+    wait_until(lambda: len([a for a in alive_actors(stack)
                             if "JobService" in a.class_name]) == 2, 60, "Serve replaced the replica")
 
 
