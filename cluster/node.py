@@ -67,6 +67,13 @@ SERVE_TUNING = {
 }
 
 
+def set_ray_defaults() -> None:
+    """This process's environment, for a Ray node it starts: the service's Serve knobs and no
+    token auth, unless the environment says otherwise."""
+    for key, value in {"RAY_AUTH_MODE": "disabled", **SERVE_TUNING}.items():
+        os.environ.setdefault(key, value)
+
+
 def node_resources(offers: dict[str, int], head: bool = False) -> dict[str, float]:
     resources = {name: float(slots) for name, slots in offers.items() if slots > 0}
     if head:
@@ -97,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         offers = dict(parse_offer(o) for o in a.agent_type)
     except ValueError as e:
         p.error(str(e))
-    for key, value in {"RAY_AUTH_MODE": "disabled", **SERVE_TUNING}.items():
-        os.environ.setdefault(key, value)
+    set_ray_defaults()
     return subprocess.call(ray_start_args(a.role, offers, a.address, a.port))
 
 

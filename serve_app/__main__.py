@@ -5,15 +5,12 @@ slots of each enabled agent type; then runs the Serve deployment on HOST:PORT.
 """
 
 import logging
-import os
 import signal
 import threading
 
-from cluster.node import SERVE_TUNING, node_resources
+from cluster.node import node_resources, set_ray_defaults
 
-# for the local head started below (a cluster's nodes set them on their `ray start`)
-for key, value in {"RAY_AUTH_MODE": "disabled", **SERVE_TUNING}.items():
-    os.environ.setdefault(key, value)
+set_ray_defaults()  # for the local head started below (a cluster's nodes set them on their `ray start`)
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
