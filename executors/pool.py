@@ -213,8 +213,8 @@ class SandboxPool:
                     continue
                 self.closing = True
                 idle, self.idle = list(self.idle), deque()
-                # sandboxes still starting remove themselves once up (closing): a `docker run` cut
-                # short by the actor's end would leave a container behind
+                # sandboxes still starting remove themselves once up (closing): a start cut short
+                # by the actor's end would leave a container behind
                 self.ready.wait_for(lambda: self.starting == 0, timeout=60)
             for sandbox in idle:
                 self._dispose(sandbox)

@@ -3,7 +3,7 @@
 Docker's machinery (dockerd, containerd, the shim and the runsc invocations it makes) costs about
 0.2 core-seconds per container on top of gVisor's own start (bench/sandbox_cost.py); on 2 cores
 that is a third of a job. Here the node keeps a read-only copy of the image's file system, writes
-an OCI bundle per sandbox (`oci_config`, a pure function of the spec, mirroring `docker_run_args`)
+an OCI bundle per sandbox (`oci_config`, a pure function of the spec, mirroring `container_config`)
 and runs `runsc run` on it: the same runtime, limits and hardening, one process fewer layers.
 
 Sandboxes with network "egress" stay with Docker: their filtered bridge is Docker's network.
@@ -43,7 +43,7 @@ def runsc(*args: str) -> list[str]:
 
 
 def oci_config(spec, rootfs: str, image_env: tuple[str, ...], labels: dict[str, str]) -> dict:
-    """The OCI runtime configuration of a sandbox: what `docker_run_args` asks Docker for."""
+    """The OCI runtime configuration of a sandbox: what `container_config` asks Docker for."""
     lim = spec.limits
     uid_s, _, gid_s = spec.user.partition(":")
     uid, gid = int(uid_s), int(gid_s or uid_s)

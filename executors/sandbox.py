@@ -1,7 +1,7 @@
 """One script, one fresh container: the sandbox runner that executes on a node.
 
-The container's configuration is a frozen record turned into `docker run` arguments by a pure
-function (`docker_run_args`). The script reaches the runner on stdin, never on a command line.
+The container's configuration is a frozen record turned into the Docker Engine API's create request
+by a pure function (`container_config`). The script reaches the runner on stdin, never on a command line.
 The container is named after the job, killed by name on timeout and always removed afterwards.
 """
 
@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 CONTAINER_PREFIX = "dotnet-scripts-job-"
 LABEL = "dotnet-scripts.job"  #: every sandbox carries it, so orphans can be found and reaped
-DOCKER_ERROR = 125  #: `docker run` itself failed (daemon, image, options): not the script's fault
 KILLED = 137  #: the runner died of SIGKILL: the OOM killer's, our kill on timeout, or the script's own
 #: a runner that sent its end frames is exiting: its sandbox ends on its own ~0.03 s later under runsc
 #: alone, ~0.09 s through Docker, and that costs ~0.01 core-s less than killing it (a `runsc kill`,
@@ -123,13 +123,14 @@ def labels(spec: SandboxSpec) -> dict[str, str]:
             **({f"{LABEL}.node": spec.node_id} if spec.node_id else {})}
 
 
-def docker_run_args(spec: SandboxSpec, gvisor_netns: bool = False) -> list[str]:
-    """The `docker run` argument list for a spec (without the leading `docker`).
+def container_config(spec: SandboxSpec, gvisor_netns: bool = False) -> dict:
+    """The Docker Engine API's body for creating a spec's container (`POST /containers/create`,
+    named `spec.name`): what `docker run --interactive` with the same options would send.
 
     `gvisor_netns`: Docker's runtime "runsc" runs with `--network=none` (`gvisor_makes_netns`), so
     gVisor starts each sandbox, its gofer too, in a new network namespace of its own, empty but for
-    gVisor's loopback, whatever namespace Docker made for it. Docker then makes none (`--network
-    host`: Docker's namespace is what runsc ignores; the sandbox's is still its own): ~0.1 core-s
+    gVisor's loopback, whatever namespace Docker made for it. Docker then makes none (network mode
+    "host": Docker's namespace is what runsc ignores; the sandbox's is still its own): ~0.1 core-s
     less per container (a namespace made, set up by a re-exec of dockerd, and torn down). The
     sandbox reads the node's files at /etc/hosts and /etc/resolv.conf (`ETC_DIR`: no names, no
     name server) instead of copies of the host's."""
@@ -145,34 +146,35 @@ def docker_run_args(spec: SandboxSpec, gvisor_netns: bool = False) -> list[str]:
         mounts += [(str(ETC_DIR / f), f"/etc/{f}") for f in ETC_FILES]
     uid, _, gid = spec.user.partition(":")
     tmpfs_opts = f"rw,nosuid,nodev,exec,uid={uid},gid={gid or uid},mode=0700"
-    return [
-        "run", "--interactive",
-        "--name", spec.name,
-        *[a for k, v in labels(spec).items() for a in ("--label", f"{k}={v}")],
-        "--runtime", runtime,
-        "--network", network,
-        "--user", spec.user,
-        "--cap-drop", "ALL",
-        "--security-opt", "no-new-privileges",
-        "--read-only",
-        "--tmpfs", f"{spec.work_dir}:{tmpfs_opts},size={lim.disk_mb}m",
-        "--tmpfs", f"/tmp:{tmpfs_opts},size={lim.tmp_mb}m",
-        "--workdir", spec.work_dir,
-        "--memory", f"{lim.memory_mb}m",
-        "--memory-swap", f"{lim.memory_mb}m",
-        "--cpus", f"{lim.cpus:g}",
-        "--pids-limit", str(lim.pids),
-        *([] if spec.gvisor else ["--ulimit", f"nproc={lim.pids}:{lim.pids}"]),
-        "--ulimit", f"nofile={lim.nofile}:{lim.nofile}",
-        "--ulimit", "core=0:0",
-        "--log-driver", "none",
-        "--env", "DOTNET_CLI_TELEMETRY_OPTOUT=1",
-        *[a for k, v in spec.env for a in ("--env", f"{k}={v}")],
-        *[a for src, dst in mounts for a in ("--mount", f"type=bind,source={src},target={dst},readonly")],
-        "--hostname", "sandbox",
-        spec.image,
-        *spec.command,
-    ]
+    ulimits = {**({} if spec.gvisor else {"nproc": lim.pids}), "nofile": lim.nofile, "core": 0}
+    return {
+        "Image": spec.image,
+        "Cmd": list(spec.command),
+        "User": spec.user,
+        "WorkingDir": spec.work_dir,
+        "Hostname": "sandbox",
+        "Env": ["DOTNET_CLI_TELEMETRY_OPTOUT=1", *[f"{k}={v}" for k, v in spec.env]],
+        "Labels": labels(spec),
+        # the script arrives on stdin, which closes once it has been sent
+        "AttachStdin": True, "AttachStdout": True, "AttachStderr": True,
+        "OpenStdin": True, "StdinOnce": True, "Tty": False,
+        "HostConfig": {
+            "Runtime": runtime,
+            "NetworkMode": network,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {spec.work_dir: f"{tmpfs_opts},size={lim.disk_mb}m", "/tmp": f"{tmpfs_opts},size={lim.tmp_mb}m"},
+            "Memory": lim.memory_mb << 20,
+            "MemorySwap": lim.memory_mb << 20,  # RAM + swap: no swap
+            "NanoCpus": round(lim.cpus * 1e9),
+            "PidsLimit": lim.pids,
+            "Ulimits": [{"Name": k, "Soft": v, "Hard": v} for k, v in ulimits.items()],
+            "LogConfig": {"Type": "none", "Config": {}},
+            "RestartPolicy": {"Name": "no"},
+            "Mounts": [{"Type": "bind", "Source": src, "Target": dst, "ReadOnly": True} for src, dst in mounts],
+        },
+    }
 
 
 #: node files a gVisor sandbox without network reads as /etc/hosts and /etc/resolv.conf under Docker
@@ -333,6 +335,88 @@ def engine() -> docker.APIClient:
     return docker.APIClient(version="auto", timeout=30, **docker.utils.kwargs_from_env())
 
 
+class _Attached:
+    """A Docker sandbox's stdio through the Engine API, with what Sandbox uses of a `Popen`:
+    `docker run --interactive` without its CLI process (~0.03 core-s and ~25 MiB per sandbox).
+    Its container is created, attached to and started before it returns: attached first, so no
+    output is missed; started, so a pool holds only sandboxes that run. The attach stream's frames
+    are split into two pipes that the readers read as they read a process's."""
+
+    def __init__(self, spec: SandboxSpec, config: dict):
+        api, self.name = engine(), spec.name
+        try:
+            api.create_container_from_config(config, spec.name)
+            # docker-py hands out a SocketIO over the socket that holds its response: kept, or the
+            # response's collection would close the socket
+            self._io = api.attach_socket(spec.name, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            self.sock = getattr(self._io, "_sock", self._io)
+            api.start(spec.name)
+        except (DockerException, requests.RequestException) as e:
+            remove_container(spec.name)
+            raise SandboxError(f"sandbox did not start: {e}") from None
+        self.stdin = _SocketWriter(self.sock)
+        out, self._out = os.pipe()
+        err, self._err = os.pipe()
+        self.stdout, self.stderr = open(out, "rb"), open(err, "rb")
+        self.returncode: int | None = None
+        self._demux = threading.Thread(target=self._split, daemon=True)
+        self._demux.start()
+
+    def _split(self) -> None:
+        """Copies each frame (8 bytes: stream, 0, 0, 0, length) to its stream's pipe until the end."""
+        stream = self.sock.makefile("rb")
+        try:
+            while len(head := stream.read(8)) == 8:
+                fd, left = (self._out if head[0] == 1 else self._err), int.from_bytes(head[4:], "big")
+                while left and (chunk := stream.read1(min(left, 65536))):
+                    left -= len(chunk)
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+        except OSError:
+            pass  # detached (kill), or the engine went away
+        finally:
+            os.close(self._out)
+            os.close(self._err)
+            for f in (stream, self._io, self.sock):
+                f.close()
+
+    def poll(self) -> int | None:
+        """None while its streams are open (the container runs and is attached)."""
+        return None if self._demux.is_alive() else (self.returncode if self.returncode is not None else 0)
+
+    def wait(self, timeout: float) -> int:
+        """Waits for the container's exit; its exit code (-1 if it was removed meanwhile)."""
+        self._demux.join(timeout)
+        try:
+            self.returncode = engine().wait(self.name, timeout=timeout)["StatusCode"]
+        except (DockerException, requests.RequestException):
+            self.returncode = -1
+        return self.returncode
+
+    def kill(self) -> None:
+        """Detaches from the container (it runs on until removed), as killing `docker run` would."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _SocketWriter:
+    """The container's stdin: closing it ends the script's input (a half-close of the attach)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+
 def remove_container(name: str) -> None:
     """Kills and removes a sandbox by name, whether Docker or runsc alone started it."""
     if runsc.remove(name):
@@ -363,9 +447,9 @@ class Sandbox:
                 args = runsc.run_args(spec, runsc.write_bundle(spec, labels(spec)))
             except (OSError, subprocess.CalledProcessError) as e:
                 raise SandboxError(f"sandbox could not be prepared: {e}") from None
+            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         else:
-            args = ["docker", *docker_run_args(spec, gvisor_netns=gvisor_makes_netns())]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.proc = _Attached(spec, container_config(spec, gvisor_netns=gvisor_makes_netns()))
         self.changed = threading.Event()  #: a reader saw an end frame, or its stream's end
         frames = END_FRAMES_ENV in spec.env  # only then is a frame at the end not the script's output
         self.out = _CappedReader(self.proc.stdout, spec.limits.output_bytes, EXIT_FRAME if frames else None, self.changed)
@@ -394,10 +478,11 @@ class Sandbox:
 
     def wait_started(self, timeout: float = 60.0) -> bool:
         """Waits until its container runs (for the pool, off any job's path): a job renaming a
-        container that Docker has not created yet would have to start a cold one instead."""
+        sandbox that runsc has not created yet would have to start a cold one instead. Docker's
+        was started before the Sandbox was made."""
         deadline = time.monotonic() + timeout
         while self.alive() and time.monotonic() < deadline:
-            if runsc.started(self.spec.name) if self.runsc else (_state(self.name) or {}).get("Running"):
+            if not self.runsc or runsc.started(self.spec.name):
                 return True
             time.sleep(0.05)
         return False
@@ -449,7 +534,7 @@ class Sandbox:
                     timed_out=False, out_of_memory=False, started_at=started, finished_at=finished,
                 )
             state = self._runsc_state() if self.runsc else _state(self.name)
-            if state is None or (self.proc.returncode == DOCKER_ERROR and not state.get("StartedAt", "").strip("0-:TZ.")):
+            if state is None:
                 raise SandboxError(f"sandbox did not start: {self.err.text().strip()[:500]}")
             return Outcome(
                 exit_code=None if timed_out else state.get("ExitCode", self.proc.returncode),
@@ -462,7 +547,7 @@ class Sandbox:
             if remove:
                 self.discard()
             elif not self.runsc and self.proc.poll() is None:
-                self.proc.kill()  # the container lives on until removed; `runsc run` must see it end
+                self.proc.kill()  # detached: it lives on until removed; `runsc run` must see it end
 
     def _runsc_state(self) -> dict | None:
         """What Docker's inspect would say, from `runsc run`'s exit: None if it was removed meanwhile
@@ -474,7 +559,7 @@ class Sandbox:
             return None
         if code != 0 and runsc.crashed(self.spec.name):  # the script was killed with its sandbox (by the OOM killer?)
             code = KILLED
-        return {"ExitCode": code, "OOMKilled": False, "StartedAt": "started"}  # it ran: a 125 is the script's
+        return {"ExitCode": code, "OOMKilled": False}  # it ran: a 125 is the script's
 
     def discard(self) -> None:
         if self.told and EXIT_GRACE_S > 0:
@@ -497,7 +582,7 @@ class Sandbox:
         try:
             if self.runsc:
                 self.proc.wait(timeout)
-            else:  # a pooled one's `docker run` has been detached from it
+            else:  # a pooled one has been detached from
                 engine().wait(self.name, timeout=timeout)
         except (subprocess.TimeoutExpired, DockerException, requests.RequestException):
             pass  # still running: killed now

@@ -16,7 +16,7 @@ from ray.util.state import list_actors
 
 from cluster.agent_types import MONO_6
 from cluster.node import API_RESOURCE
-from executors.sandbox import LABEL, Limits, SandboxSpec, docker_run_args, remove_container
+from executors.sandbox import LABEL, Limits, SandboxSpec, container_config, engine, remove_container
 from executors.reaper import reap
 from serve_app.store import JobStore
 from tests.conftest import ContainerStarts, Jobs
@@ -163,7 +163,7 @@ def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reap
     # the lost node's machine joins again (a new Ray node): sandboxes the dead node left are reaped
     orphan = SandboxSpec(job_id=f"orphan-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
                          node_id=first, limits=Limits(wall_time_s=120))
-    subprocess.run(["docker", "create", *docker_run_args(orphan)[1:]], check=True, capture_output=True)
+    engine().create_container_from_config(container_config(orphan), orphan.name)
     try:
         stack.nodes.append(stack.cluster.add_node(num_cpus=1, resources={MONO: 2}))
         stack.cluster.wait_for_nodes()

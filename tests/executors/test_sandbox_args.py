@@ -1,8 +1,8 @@
-"""The container configuration → `docker run` arguments (pure)."""
+"""The container configuration → the Docker Engine API's create request (pure)."""
 
 from dataclasses import replace
 
-from executors.sandbox import (ETC_DIR, KILLED, LABEL, Limits, SandboxSpec, docker_run_args, killed_for_memory,
+from executors.sandbox import (ETC_DIR, KILLED, LABEL, Limits, SandboxSpec, container_config, killed_for_memory,
                                oom_kills, runsc_without_network)
 
 SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
@@ -10,83 +10,87 @@ SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
                                  disk_mb=10, tmp_mb=4, output_bytes=1000))
 
 
-def option(args: list[str], name: str) -> list[str]:
-    return [args[i + 1] for i, a in enumerate(args) if a == name]
+def host(spec: SandboxSpec, gvisor_netns: bool = False) -> dict:
+    return container_config(spec, gvisor_netns)["HostConfig"]
 
 
-def test_named_and_labelled_after_the_job():
-    args = docker_run_args(SPEC)
-    assert option(args, "--name") == ["dotnet-scripts-job-abc"]
-    labels = option(args, "--label")
-    assert f"{LABEL}=abc" in labels
-    assert any(l.startswith(f"{LABEL}.deadline=") for l in labels)
-    assert not any(l.startswith(f"{LABEL}.node=") for l in labels)  # not yet placed
-    assert f"{LABEL}.node=n1" in option(docker_run_args(replace(SPEC, node_id="n1")), "--label")
+def ulimits(spec: SandboxSpec) -> dict[str, tuple[int, int]]:
+    return {u["Name"]: (u["Soft"], u["Hard"]) for u in host(spec)["Ulimits"]}
+
+
+def binds(spec: SandboxSpec, gvisor_netns: bool = False) -> list[tuple[str, str, bool]]:
+    return [(m["Source"], m["Target"], m["ReadOnly"]) for m in host(spec, gvisor_netns)["Mounts"] if m["Type"] == "bind"]
+
+
+def test_labelled_after_the_job():
+    labels = container_config(SPEC)["Labels"]
+    assert labels[LABEL] == "abc" and SPEC.name == "dotnet-scripts-job-abc"
+    assert int(labels[f"{LABEL}.deadline"]) > 0
+    assert f"{LABEL}.node" not in labels  # not yet placed
+    assert container_config(replace(SPEC, node_id="n1"))["Labels"][f"{LABEL}.node"] == "n1"
 
 
 def test_hardening_options():
-    args = docker_run_args(SPEC)
-    assert option(args, "--runtime") == ["runsc"]
-    assert option(args, "--network") == ["none"]
-    assert option(args, "--user") == ["10001:10001"]
-    assert option(args, "--cap-drop") == ["ALL"]
-    assert option(args, "--security-opt") == ["no-new-privileges"]
-    assert "--read-only" in args
-    assert option(args, "--log-driver") == ["none"]
+    config = container_config(SPEC)
+    h = config["HostConfig"]
+    assert h["Runtime"] == "runsc"
+    assert h["NetworkMode"] == "none"
+    assert config["User"] == "10001:10001"
+    assert h["CapDrop"] == ["ALL"]
+    assert h["SecurityOpt"] == ["no-new-privileges"]
+    assert h["ReadonlyRootfs"] is True
+    assert h["LogConfig"]["Type"] == "none"
+    assert "Privileged" not in h and "CapAdd" not in h and "Binds" not in h
 
 
 def test_limits():
-    args = docker_run_args(SPEC)
-    assert option(args, "--memory") == ["300m"]
-    assert option(args, "--memory-swap") == ["300m"]  # no swap beyond RAM
-    assert option(args, "--cpus") == ["0.5"]
-    assert option(args, "--pids-limit") == ["50"]
-    assert set(option(args, "--ulimit")) >= {"nofile=64:64", "core=0:0"}
-    tmpfs = option(args, "--tmpfs")
-    assert any(t.startswith("/sandbox:") and "size=10m" in t and "uid=10001" in t and "gid=10001" in t for t in tmpfs)
-    assert any(t.startswith("/tmp:") and "size=4m" in t and "nosuid" in t for t in tmpfs)
+    h = host(SPEC)
+    assert h["Memory"] == 300 << 20
+    assert h["MemorySwap"] == 300 << 20  # no swap beyond RAM
+    assert h["NanoCpus"] == 500_000_000
+    assert h["PidsLimit"] == 50
+    assert ulimits(SPEC) == {"nofile": (64, 64), "core": (0, 0)}
+    assert "size=10m" in h["Tmpfs"]["/sandbox"] and "uid=10001" in h["Tmpfs"]["/sandbox"] and "gid=10001" in h["Tmpfs"]["/sandbox"]
+    assert "size=4m" in h["Tmpfs"]["/tmp"] and "nosuid" in h["Tmpfs"]["/tmp"]
 
 
-def test_image_and_command_come_last_and_the_script_is_not_an_argument():
-    args = docker_run_args(SPEC)
-    assert args[-3:] == ["img", "mono", "runner.exe"]
-    assert args[0] == "run" and "--interactive" in args  # the script goes to stdin
+def test_the_script_is_not_an_argument_but_stdin_which_closes_after_it():
+    config = container_config(SPEC)
+    assert (config["Image"], config["Cmd"]) == ("img", ["mono", "runner.exe"])
+    assert config["OpenStdin"] and config["AttachStdin"] and config["StdinOnce"] and not config["Tty"]
 
 
 def test_runtime_is_configurable():
     spec = SandboxSpec(job_id="x", image="i", command=("c",), runtime="runc", limits=Limits(pids=70))
-    args = docker_run_args(spec)
-    assert option(args, "--runtime") == ["runc"]
-    assert "nproc=70:70" in option(args, "--ulimit")  # runc: the kernel counts the sandbox's own tasks
+    assert host(spec)["Runtime"] == "runc"
+    assert ulimits(spec)["nproc"] == (70, 70)  # runc: the kernel counts the sandbox's own tasks
 
 
 def test_no_nproc_rlimit_under_gvisor():
     # under runsc RLIMIT_NPROC applies to the sentry on the host and counts unrelated host processes
-    assert not any(u.startswith("nproc=") for u in option(docker_run_args(SPEC), "--ulimit"))
+    assert "nproc" not in ulimits(SPEC)
 
 
 def test_egress_mode_joins_the_filtered_bridge_with_gvisor_on_the_containers_netns():
     spec = SandboxSpec(job_id="x", image="i", command=("c",), network="egress")
-    args = docker_run_args(spec)
-    assert option(args, "--network") == ["dotnet-scripts-egress"]
-    assert option(args, "--runtime") == ["runsc-host-net"]
+    assert host(spec)["NetworkMode"] == "dotnet-scripts-egress"
+    assert host(spec)["Runtime"] == "runsc-host-net"
     dev = SandboxSpec(job_id="x", image="i", command=("c",), network="egress", runtime="runc")
-    assert option(docker_run_args(dev), "--runtime") == ["runc"]
+    assert host(dev)["Runtime"] == "runc"
 
 
 def test_docker_makes_no_netns_for_a_gvisor_sandbox_that_makes_its_own():
-    args = docker_run_args(SPEC, gvisor_netns=True)
-    assert option(args, "--network") == ["host"]  # Docker's namespace: gVisor's --network=none ignores it
-    assert option(args, "--runtime") == ["runsc"]
-    assert option(args, "--hostname") == ["sandbox"]
-    assert option(args, "--mount") == [f"type=bind,source={ETC_DIR}/hosts,target=/etc/hosts,readonly",
-                                       f"type=bind,source={ETC_DIR}/resolv.conf,target=/etc/resolv.conf,readonly"]
+    h = host(SPEC, gvisor_netns=True)
+    assert h["NetworkMode"] == "host"  # Docker's namespace: gVisor's --network=none ignores it
+    assert h["Runtime"] == "runsc"
+    assert container_config(SPEC, True)["Hostname"] == "sandbox"
+    assert binds(SPEC, True) == [(f"{ETC_DIR}/hosts", "/etc/hosts", True), (f"{ETC_DIR}/resolv.conf", "/etc/resolv.conf", True)]
     # runc would share the host's network, egress needs Docker's bridge, and without the check: Docker's
     for spec in (replace(SPEC, runtime="runc"), replace(SPEC, runtime="runsc-host-net")):
-        assert option(docker_run_args(spec, gvisor_netns=True), "--network") == ["none"]
-    assert option(docker_run_args(replace(SPEC, network="egress"), gvisor_netns=True), "--network") == ["dotnet-scripts-egress"]
-    assert option(docker_run_args(SPEC), "--network") == ["none"]
-    assert option(docker_run_args(SPEC), "--mount") == []
+        assert host(spec, gvisor_netns=True)["NetworkMode"] == "none"
+    assert host(replace(SPEC, network="egress"), gvisor_netns=True)["NetworkMode"] == "dotnet-scripts-egress"
+    assert host(SPEC)["NetworkMode"] == "none"
+    assert binds(SPEC) == []
 
 
 def test_only_a_runsc_runtime_without_network_counts_as_making_its_own_netns():
@@ -101,11 +105,9 @@ def test_packages_are_mounted_read_only_and_listed_for_the_runner():
     spec = SandboxSpec(job_id="x", image="i", command=("c",),
                        mounts=(("/cache/a/1.0.0/x/lib/net45", "/nuget/a/1.0.0"),),
                        env=(("CSRUN_REFERENCES", "/nuget/a/1.0.0/A.dll"),))
-    args = docker_run_args(spec)
-    assert option(args, "--mount") == ["type=bind,source=/cache/a/1.0.0/x/lib/net45,target=/nuget/a/1.0.0,readonly"]
-    assert "CSRUN_REFERENCES=/nuget/a/1.0.0/A.dll" in option(args, "--env")
-    assert args[-2:] == ["i", "c"]
-    assert option(docker_run_args(SPEC), "--mount") == []  # nothing of the host without packages
+    assert binds(spec) == [("/cache/a/1.0.0/x/lib/net45", "/nuget/a/1.0.0", True)]
+    assert "CSRUN_REFERENCES=/nuget/a/1.0.0/A.dll" in container_config(spec)["Env"]
+    assert binds(SPEC) == []  # nothing of the host without packages
 
 
 def test_docker_s_oom_mark_is_trusted():

@@ -39,15 +39,14 @@ def test_events_then_outcome_through_the_object_store(local_ray):
     assert items[1]["outcome"].stdout == "via ray\n"
 
 
-def starter_of(name: str) -> int | None:
-    """The pid of the process that started the sandbox of this name (`runsc run` or `docker run`)."""
+def task_worker() -> int | None:
+    """The pid of the Ray worker running a job's task (its process title while it runs one)."""
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if (proc / "cmdline").read_bytes().startswith(b"ray::run_job"):
+                return int(proc.name)
         except OSError:
             continue
-        if name.encode() in args and b"run" in args:
-            return int(proc.name)
     return None
 
 
@@ -56,10 +55,9 @@ def test_the_sandbox_of_a_killed_task_is_reaped(local_ray):
     gen = run_job.options(resources={MONO_6.name: 1}).remote(s, "while (true) { }")
     assert ray.get(next(gen))["event"] == "RUNNING"
     deadline = time.monotonic() + 20
-    while (starter := starter_of(s.name)) is None or s.name not in sandbox_containers():
+    while (worker := task_worker()) is None or s.name not in sandbox_containers():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    worker = int(Path(f"/proc/{starter}/stat").read_text().rsplit(")", 1)[1].split()[1])
     os.kill(worker, signal.SIGKILL)  # the task's worker dies: nobody will remove its sandbox
     time.sleep(4)  # past wall time + grace
     assert s.name in reap()
@@ -82,7 +80,7 @@ def kill_pool(actor, before: set[str]) -> None:
             break
         assert time.monotonic() < deadline, "the pool's actor did not die"
         time.sleep(0.1)
-    time.sleep(1)  # a `docker run` its end cut short has created its container by now, or never will
+    time.sleep(1)  # a sandbox start its end cut short has created its container by now, or never will
     for name in pooled_containers() - before:
         remove_container(name)
 
