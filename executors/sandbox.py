@@ -335,6 +335,18 @@ def engine() -> docker.APIClient:
     return docker.APIClient(version="auto", timeout=30, **docker.utils.kwargs_from_env())
 
 
+def split_frames(stream, out: int, err: int) -> None:
+    """Copies Docker's attach stream (without a TTY: frames of 8 bytes — stream 1 or 2, three zeros,
+    the length, big-endian — then that many bytes) to the descriptors of stdout and stderr, until
+    the stream ends (a frame cut short ends it too)."""
+    while len(head := stream.read(8)) == 8:
+        fd, left = (out if head[0] == 1 else err), int.from_bytes(head[4:], "big")
+        while left and (chunk := stream.read1(min(left, 65536))):
+            left -= len(chunk)
+            while chunk:
+                chunk = chunk[os.write(fd, chunk):]
+
+
 class _Attached:
     """A Docker sandbox's stdio through the Engine API, with what Sandbox uses of a `Popen`:
     `docker run --interactive` without its CLI process (~0.03 core-s and ~25 MiB per sandbox).
@@ -350,6 +362,7 @@ class _Attached:
             # response's collection would close the socket
             self._io = api.attach_socket(spec.name, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             self.sock = getattr(self._io, "_sock", self._io)
+            self.sock.settimeout(None)  # never the client's 30 s (docker-py sets none): a pooled sandbox waits idle
             api.start(spec.name)
         except (DockerException, requests.RequestException) as e:
             remove_container(spec.name)
@@ -363,15 +376,9 @@ class _Attached:
         self._demux.start()
 
     def _split(self) -> None:
-        """Copies each frame (8 bytes: stream, 0, 0, 0, length) to its stream's pipe until the end."""
         stream = self.sock.makefile("rb")
         try:
-            while len(head := stream.read(8)) == 8:
-                fd, left = (self._out if head[0] == 1 else self._err), int.from_bytes(head[4:], "big")
-                while left and (chunk := stream.read1(min(left, 65536))):
-                    left -= len(chunk)
-                    while chunk:
-                        chunk = chunk[os.write(fd, chunk):]
+            split_frames(stream, self._out, self._err)
         except OSError:
             pass  # detached (kill), or the engine went away
         finally:

@@ -1,9 +1,10 @@
-"""How a sandbox's output streams are read: the cap, and the runner's end frames (pure: no Docker)."""
+"""How a sandbox's output streams are read: Docker's frames, the cap, and the runner's end frames (pure: no Docker)."""
 
 import io
+import os
 import threading
 
-from executors.sandbox import END_FRAME, EXIT_FRAME, _CappedReader
+from executors.sandbox import END_FRAME, EXIT_FRAME, _CappedReader, split_frames
 
 
 def read(data: bytes, cap: int = 1 << 20, end=EXIT_FRAME) -> _CappedReader:
@@ -54,3 +55,31 @@ def test_when_the_run_is_told_the_frame_came_the_output_before_it_is_already_kep
     seen.reader = reader
     reader.run()
     assert seen.texts[0] == "burst 6\n"
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+def split(data: bytes, chunk: int = 1 << 20) -> tuple[bytes, bytes]:
+    """Docker's attach stream, as read in pieces of at most `chunk` bytes → stdout, stderr."""
+    class Slow(io.BytesIO):
+        def read1(self, n=-1):
+            return super().read1(min(n, chunk) if n > 0 else chunk)
+
+    (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+    split_frames(io.BufferedReader(Slow(data), buffer_size=chunk), out_w, err_w)
+    os.close(out_w), os.close(err_w)
+    with open(out_r, "rb") as out, open(err_r, "rb") as err:
+        return out.read(), err.read()
+
+
+def test_docker_s_frames_go_to_their_streams_in_order():
+    data = frame(1, b"hello ") + frame(2, b"warning\n") + frame(1, b"world\n") + frame(2, b"") + frame(1, b"\0csrun-exit 0\n")
+    assert split(data) == (b"hello world\n\0csrun-exit 0\n", b"warning\n")
+    assert split(data, chunk=3) == split(data)  # frames and headers arriving in pieces
+
+
+def test_a_frame_cut_short_ends_the_streams_with_what_came():
+    assert split(frame(1, b"complete") + frame(2, b"cut")[:-1]) == (b"complete", b"cu")
+    assert split(frame(1, b"a") + frame(2, b"b")[:5]) == (b"a", b"")  # half a header: nothing more

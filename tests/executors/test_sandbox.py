@@ -1,0 +1,76 @@
+"""Docker's sandboxes through the Engine API (real Docker, runtime runsc): started, attached and
+detached without a process of ours, and a failed start is our error that leaves nothing behind."""
+
+import os
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from cluster.agent_types import MONO_6
+from executors import sandbox as sandbox_module
+from executors.sandbox import Limits, Sandbox, SandboxError, SandboxSpec, engine, remove_container, run_sandbox
+from tests.conftest import sandbox_containers
+
+
+def spec(**kw) -> SandboxSpec:
+    return SandboxSpec(job_id=f"sandbox-{uuid.uuid4()}", image=kw.pop("image", MONO_6.image),
+                       command=kw.pop("command", MONO_6.command), limits=Limits(wall_time_s=30), **kw)
+
+
+def children() -> set[int]:
+    """This process's child processes."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_sandbox_runs_once_made_with_no_process_of_ours_and_gets_its_script_on_stdin():
+    before, s = children(), spec()
+    sandbox = Sandbox(s)
+    try:
+        assert sandbox.alive() and engine().inspect_container(s.name)["State"]["Running"]  # started, not starting
+        assert sandbox.wait_started(timeout=0.1)
+        assert children() == before  # no `docker run` per sandbox: its stdio is an attach to the engine
+        assert sandbox.proc.sock.gettimeout() is None  # an idle pooled one, a silent script: no read times out
+        o = sandbox.run('Console.WriteLine("out"); Console.Error.WriteLine("err"); return 7;')
+    finally:
+        remove_container(s.name)
+    assert (o.exit_code, o.stdout, o.stderr) == (7, "out\n", "err\n")
+    assert s.name not in sandbox_containers()
+
+
+def test_a_detached_sandbox_runs_on_until_removed():
+    s = spec()
+    sandbox = Sandbox(s)
+    try:
+        sandbox.proc.kill()  # detached, as a used pooled sandbox is until its teardown
+        sandbox.out.join(10)
+        assert sandbox.out.eof and not sandbox.alive()
+        assert engine().inspect_container(s.name)["State"]["Running"]
+    finally:
+        sandbox.discard()
+    assert s.name not in sandbox_containers()
+
+
+@pytest.mark.parametrize("broken", [dict(image="dotnet-scripts/no-such-image"), dict(command=("/no/such/runner",)),
+                                    dict(runtime="no-such-runtime")])
+def test_a_sandbox_docker_cannot_start_is_our_error_and_leaves_nothing(broken):
+    s = spec(**broken)
+    with pytest.raises(SandboxError, match="did not start"):
+        run_sandbox(s, 'Console.WriteLine("never");')
+    assert s.name not in sandbox_containers()
+
+
+def test_a_script_silent_for_longer_than_the_engine_client_s_timeout_keeps_its_streams(monkeypatch):
+    # the attach socket is the client's connection: its timeout (30 s in the service) must not apply
+    client = docker.APIClient(version="auto", timeout=5, **docker.utils.kwargs_from_env())
+    monkeypatch.setattr(sandbox_module, "engine", lambda: client)
+    o = run_sandbox(spec(), 'System.Threading.Thread.Sleep(7000); Console.WriteLine("still here");')
+    assert (o.exit_code, o.stdout, o.timed_out) == (0, "still here\n", False)
