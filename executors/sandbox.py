@@ -384,8 +384,10 @@ class _Attached:
         finally:
             os.close(self._out)
             os.close(self._err)
-            for f in (stream, self._io, self.sock):
-                f.close()
+            stream.close()
+            # shut, not closed: the socket's descriptor goes with this object, so a write to stdin
+            # under way in another thread fails instead of landing in a file that reused the number
+            self.kill()
 
     def poll(self) -> int | None:
         """None while its streams are open (the container runs and is attached)."""
