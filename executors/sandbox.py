@@ -355,15 +355,16 @@ class _Attached:
     are split into two pipes that the readers read as they read a process's."""
 
     def __init__(self, spec: SandboxSpec, config: dict):
-        api, self.name = engine(), spec.name
+        api = engine()
         try:
-            api.create_container_from_config(config, spec.name)
+            # by id from here on: a pooled sandbox is renamed after the job that takes it
+            self.id = api.create_container_from_config(config, spec.name)["Id"]
             # docker-py hands out a SocketIO over the socket that holds its response: kept, or the
             # response's collection would close the socket
-            self._io = api.attach_socket(spec.name, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            self._io = api.attach_socket(self.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             self.sock = getattr(self._io, "_sock", self._io)
             self.sock.settimeout(None)  # never the client's 30 s (docker-py sets none): a pooled sandbox waits idle
-            api.start(spec.name)
+            api.start(self.id)
         except (DockerException, requests.RequestException) as e:
             remove_container(spec.name)
             raise SandboxError(f"sandbox did not start: {e}") from None
@@ -397,7 +398,7 @@ class _Attached:
         """Waits for the container's exit; its exit code (-1 if it was removed meanwhile)."""
         self._demux.join(timeout)
         try:
-            self.returncode = engine().wait(self.name, timeout=timeout)["StatusCode"]
+            self.returncode = engine().wait(self.id, timeout=timeout)["StatusCode"]
         except (DockerException, requests.RequestException):
             self.returncode = -1
         return self.returncode

@@ -74,3 +74,14 @@ def test_a_script_silent_for_longer_than_the_engine_client_s_timeout_keeps_its_s
     monkeypatch.setattr(sandbox_module, "engine", lambda: client)
     o = run_sandbox(spec(), 'System.Threading.Thread.Sleep(7000); Console.WriteLine("still here");')
     assert (o.exit_code, o.stdout, o.timed_out) == (0, "still here\n", False)
+
+
+def test_a_pooled_sandbox_renamed_after_its_job_is_still_waited_for():
+    pooled, job = spec(), spec()
+    sandbox = Sandbox(pooled)
+    try:
+        o = sandbox.run("return 5;", name=job.name, remove=False)  # no end frames: its exit is waited for
+        assert (o.exit_code, sandbox.proc.returncode) == (5, 5)  # by the container's id, not its first name
+    finally:
+        sandbox.discard()
+    assert job.name not in sandbox_containers() and pooled.name not in sandbox_containers()
