@@ -392,7 +392,7 @@ class _Attached:
 
     def poll(self) -> int | None:
         """None while its streams are open (the container runs and is attached)."""
-        return None if self._demux.is_alive() else (self.returncode if self.returncode is not None else 0)
+        return None if self._demux.is_alive() else (self.returncode or 0)
 
     def wait(self, timeout: float) -> int:
         """Waits for the container's exit; its exit code (-1 if it was removed meanwhile)."""
