@@ -26,6 +26,7 @@ import time
 import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -94,7 +95,8 @@ def pss_kib(root_pid: int) -> int:
 
 
 #: where the machine's CPU goes during the burst, by process name
-CPU_GROUPS = {"gVisor sandboxes (sentry, gofer, runsc)": ("exe", "runsc"),
+GVISOR = "gVisor sandboxes (their cgroups, and runsc's CLI runs)"
+CPU_GROUPS = {GVISOR: ("exe", "runsc"),
               "Docker (dockerd, containerd, shims, CLI)": ("dockerd", "containerd", "containerd-shim", "docker"),
               "the service (Ray, Serve, actors, tasks)": ("ray::", "raylet", "gcs_server", "ray-dashboard", "python",
                                                           "process_api", "serve_app")}
@@ -112,6 +114,37 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
         seen[int(proc.name)] = (stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / hz)
     seen.pop(os.getpid(), None)
     return seen
+
+
+ACCT_HZ = 100  #: the unit of process accounting's times (Linux's acct_v3: AHZ)
+
+
+@contextmanager
+def process_accounting():
+    """Turns the kernel's process accounting on while in the block (the `acct` tools, installed on
+    demand). Yields a dict that, once the block is left, holds what it recorded of the processes that
+    ended meanwhile: pid → (name, CPU seconds of their whole life); empty where it cannot be had. It sees
+    what a sampler misses: the many short processes (a `runsc` CLI run, a shim's start) and the
+    last moments of the rest. It records less than the cgroups charge a gVisor sandbox's processes
+    (about half, for sandboxes running /bin/true), so those are counted by their cgroups. It is the
+    machine's: whatever accounting was on before is off afterwards."""
+    if not (shutil.which("accton") and shutil.which("dump-acct")):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "acct"], capture_output=True)
+    ended: dict[int, tuple[str, float]] = {}
+    if not (shutil.which("accton") and shutil.which("dump-acct")):
+        yield ended
+        return
+    with tempfile.TemporaryDirectory(prefix="dotnet-scripts-bench-") as tmp:
+        acct = Path(tmp) / "acct"
+        acct.touch()
+        subprocess.run(["accton", str(acct)], check=True, capture_output=True)
+        try:
+            yield ended
+        finally:
+            subprocess.run(["accton", "off"], check=True, capture_output=True)
+            for line in subprocess.run(["dump-acct", str(acct)], capture_output=True, text=True).stdout.splitlines():
+                f = [x.strip() for x in line.split("|")]  # command, version, user, system time, …, pid, ppid, …
+                ended[int(f[9])] = (f[0], (float(f[2]) + float(f[3])) / ACCT_HZ)
 
 
 def machine_cpu_s() -> float:
@@ -269,49 +302,65 @@ def burst(client: httpx.Client, jobs: int, observe_pid: int | None = None) -> di
     """`jobs` hello-world jobs at once, waited for as a client would: each job's result long-polled
     in submission order (they run oldest first), not hundreds of status requests a second competing
     for the same 2 cores. With `observe_pid`, the service's memory (PSS of that process's tree) and
-    the CPU of each process are sampled meanwhile."""
+    the CPU of each process are sampled meanwhile, and the processes that end are accounted for."""
     quiet()
-    peak, done, used = 0, threading.Event(), {group: 0.0 for group in CPU_GROUPS}
+    peak, done = 0, threading.Event()
+    first = cpu_by_process() if observe_pid else {}
+    used: dict[int, tuple[str, float]] = {}  #: pid → (name, CPU seconds during the burst)
 
-    def sample() -> None:  # a process's last 0.25 s is not seen
+    def sample() -> None:  # a process's last 0.25 s is not seen but by the accounting
         nonlocal peak
-        last, n = cpu_by_process(), 0
+        n = 0
         while not done.wait(0.25):
-            now = cpu_by_process()
-            for pid, (name, cpu) in now.items():
-                group = next((g for g, names in CPU_GROUPS.items() if name.startswith(names)), None)
-                if group:
-                    used[group] += cpu - last.get(pid, (name, 0.0))[1]
-            last, n = now, n + 1
+            for pid, (name, cpu) in cpu_by_process().items():
+                used[pid] = (name, cpu - first.get(pid, (name, 0.0))[1])
+            n += 1
             if n % 8 == 1:  # every 2 s: PSS walks every mapping of every process in the tree,
                 # ~0.4 core-s a time with sixteen pooled sandboxes in it (runsc alone)
                 peak = max(peak, pss_kib(observe_pid))
 
     sampler = threading.Thread(target=sample, daemon=True) if observe_pid else None
-    machine_before, cgroups_before, start = machine_cpu_s(), sandbox_cgroups_cpu_s(), time.perf_counter()
-    if sampler:
-        sampler.start()
-    with ThreadPoolExecutor(16) as pool:
-        ids = list(pool.map(lambda i: client.post("/jobs", json={
-            "requestId": str(uuid.uuid4()), "senderId": "bench",
-            "payload": {"script": SCRIPTS["hello"], "agentType": MONO_6.name}}).json()["jobId"], range(jobs)))
-    statuses: dict[str, str] = {}
-    deadline = time.monotonic() + 30 + 10 * jobs
-    for job_id in ids:
-        while job_id not in statuses and time.monotonic() < deadline:
-            if client.get(f"/jobs/{job_id}/result", params={"wait": 60}).json()["result"] is not None:
-                statuses[job_id] = "FINISHED"  # a result exists only once the job is FINISHED
-            elif (st := client.get(f"/jobs/{job_id}/status").json()["status"]) in ("FINISHED", "REJECTED"):
-                statuses[job_id] = st
-    took = time.perf_counter() - start
-    machine, cgroups = machine_cpu_s() - machine_before, sandbox_cgroups_cpu_s() - cgroups_before
-    done.set()
+    with process_accounting() if observe_pid else nullcontext({}) as ended:
+        machine_before, cgroups_before, start = machine_cpu_s(), sandbox_cgroups_cpu_s(), time.perf_counter()
+        own_before = time.process_time()
+        if sampler:
+            sampler.start()
+        with ThreadPoolExecutor(16) as pool:
+            ids = list(pool.map(lambda i: client.post("/jobs", json={
+                "requestId": str(uuid.uuid4()), "senderId": "bench",
+                "payload": {"script": SCRIPTS["hello"], "agentType": MONO_6.name}}).json()["jobId"], range(jobs)))
+        statuses: dict[str, str] = {}
+        deadline = time.monotonic() + 30 + 10 * jobs
+        for job_id in ids:
+            while job_id not in statuses and time.monotonic() < deadline:
+                if client.get(f"/jobs/{job_id}/result", params={"wait": 60}).json()["result"] is not None:
+                    statuses[job_id] = "FINISHED"  # a result exists only once the job is FINISHED
+                elif (st := client.get(f"/jobs/{job_id}/status").json()["status"]) in ("FINISHED", "REJECTED"):
+                    statuses[job_id] = st
+        took = time.perf_counter() - start
+        machine, cgroups = machine_cpu_s() - machine_before, sandbox_cgroups_cpu_s() - cgroups_before
+        own = time.process_time() - own_before
+        done.set()
+        if sampler:
+            sampler.join()
     cpu = {"machine": round(machine / jobs, 3),
            "inside sandbox cgroups (exact, exited ones included)": round(cgroups / jobs, 3)}
     if sampler:
-        sampler.join()
-        cpu.update({g: round(c / jobs, 3) for g, c in used.items()})
-        cpu["not attributed (short-lived processes, the bench)"] = round((machine - sum(used.values())) / jobs, 3)
+        alive = cpu_by_process()
+        for pid, (name, cpu_s) in ended.items():
+            if pid not in alive:  # its whole life, less what it had used before the burst
+                used[pid] = (name, cpu_s - first.get(pid, (name, 0.0))[1])
+        # gVisor's sentries, gofers and stubs run in the sandboxes' cgroups, which count them
+        # exactly; their processes ("exe", runsc's re-executions of itself) are not counted again
+        groups = {g: cgroups if g == GVISOR else 0.0 for g in CPU_GROUPS}
+        for name, cpu_s in used.values():
+            group = next((g for g, names in CPU_GROUPS.items() if name.startswith(names)), None)
+            if group and name != "exe":
+                groups[group] += cpu_s
+        groups["the bench (its HTTP client and these samplers)"] = own
+        cpu.update({g: round(c / jobs, 3) for g, c in groups.items()})
+        rest = "the rest (kernel threads, other processes)" if ended else "the rest (short-lived processes, kernel threads)"
+        cpu[rest] = round((machine - sum(groups.values())) / jobs, 3)
     return {"service_jobs_per_s": round(jobs / took, 2),
             "finished": sum(1 for st in statuses.values() if st == "FINISHED"), "lost": jobs - len(statuses),
             "cpu_core_s_per_job": cpu, **({"pss_peak_mib": round(peak / 1024)} if observe_pid else {})}
