@@ -96,7 +96,9 @@ def pss_kib(root_pid: int) -> int:
 
 #: where the machine's CPU goes during the burst, by process name
 GVISOR = "gVisor sandboxes (their cgroups, and runsc's CLI runs)"
-CPU_GROUPS = {GVISOR: ("exe", "runsc"),
+#: gVisor's sentries, gofers and stubs ("exe": runsc's re-executions of itself) are counted by their
+#: cgroups, exactly, and not by process
+CPU_GROUPS = {GVISOR: ("runsc",),
               "Docker (dockerd, containerd, shims, CLI)": ("dockerd", "containerd", "containerd-shim", "docker"),
               "the service (Ray, Serve, actors, tasks)": ("ray::", "raylet", "gcs_server", "ray-dashboard", "python",
                                                           "process_api", "serve_app")}
@@ -350,12 +352,10 @@ def burst(client: httpx.Client, jobs: int, observe_pid: int | None = None) -> di
         for pid, (name, cpu_s) in ended.items():
             if pid not in alive:  # its whole life, less what it had used before the burst
                 used[pid] = (name, cpu_s - first.get(pid, (name, 0.0))[1])
-        # gVisor's sentries, gofers and stubs run in the sandboxes' cgroups, which count them
-        # exactly; their processes ("exe", runsc's re-executions of itself) are not counted again
         groups = {g: cgroups if g == GVISOR else 0.0 for g in CPU_GROUPS}
         for name, cpu_s in used.values():
             group = next((g for g, names in CPU_GROUPS.items() if name.startswith(names)), None)
-            if group and name != "exe":
+            if group:
                 groups[group] += cpu_s
         groups["the bench (its HTTP client and these samplers)"] = own
         cpu.update({g: round(c / jobs, 3) for g, c in groups.items()})
