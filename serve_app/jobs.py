@@ -124,6 +124,7 @@ async def delete_job(job_id: str, svc: Services = Depends(get_services)):
     deleted = await asyncio.to_thread(svc.store.delete, job.id)
     if deleted is None:
         raise HTTPException(404, f"job {job_id} not found")
-    svc.dispatcher.stop(job.id, deleted.node_id)
+    svc.dispatcher.stop(job.id, deleted.node_id)  # also ends the long-polls that wait through the dispatcher
+    await svc.events.publish(job.id, "DELETED")  # and those that wait on Redis: they answer 404 now
     log.info("job %s DELETED (was %s)", job.id, deleted.status.value)
     return Message(message=f"job {job.id} deleted")
