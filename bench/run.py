@@ -348,10 +348,8 @@ def burst(client: httpx.Client, jobs: int, observe_pid: int | None = None) -> di
     cpu = {"machine": round(machine / jobs, 3),
            "inside sandbox cgroups (exact, exited ones included)": round(cgroups / jobs, 3)}
     if sampler:
-        alive = cpu_by_process()
-        for pid, (name, cpu_s) in ended.items():
-            if pid not in alive:  # its whole life, less what it had used before the burst
-                used[pid] = (name, cpu_s - first.get(pid, (name, 0.0))[1])
+        for pid, (name, cpu_s) in ended.items():  # its whole life, less what it had used before the burst
+            used[pid] = (name, cpu_s - first.get(pid, (name, 0.0))[1])
         groups = {g: cgroups if g == GVISOR else 0.0 for g in CPU_GROUPS}
         for name, cpu_s in used.values():
             group = next((g for g, names in CPU_GROUPS.items() if name.startswith(names)), None)
