@@ -103,8 +103,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _stale_after_outlasts_a_run(self):
-        if self.stale_after_s <= self.wall_time_s:
-            raise ValueError("stale_after_s must be longer than wall_time_s, or running jobs would be rejected")
+        # a RUNNING job has no news from its start to its end: the restore of its packages on the
+        # node (agent types the service restores for), then its run of up to its wall time
+        def longest(t: str) -> float:
+            wall = float(self.agent_overrides.get(t, {}).get("wall_time_s", self.wall_time_s))
+            return wall + (self.nuget_restore_timeout_s if CATALOGUE[t].nuget else 0.0)
+        t = max(self.agent_types, key=longest)
+        if self.stale_after_s <= longest(t):
+            raise ValueError(f"stale_after_s must be longer than the longest run, or running jobs would be "
+                             f"rejected: {t}'s wall time" + (" + nuget_restore_timeout_s" if CATALOGUE[t].nuget else "") +
+                             f" is {longest(t):g} s, stale_after_s {self.stale_after_s:g} s")
         return self
 
     @field_validator("agent_types", "local_agent_types")

@@ -28,7 +28,7 @@ def policy_db(new_database) -> str:
 @pytest.fixture(scope="session")
 def policy_client(policy_db, tmp_path_factory):
     env = dict(DATABASE_URL=policy_db, AGENT_TYPES=f"{MONO},linux-amd64-dotnet-7", LOCAL_AGENT_TYPES=MONO,
-               WALL_TIME_S="5", STALE_AFTER_S=str(STALE_AFTER_S), PENDING_LIMIT_S=str(PENDING_LIMIT_S),
+               WALL_TIME_S="5", NUGET_RESTORE_TIMEOUT_S="4", STALE_AFTER_S=str(STALE_AFTER_S), PENDING_LIMIT_S=str(PENDING_LIMIT_S),
                SWEEP_INTERVAL_S=str(SWEEP_S),
                FETCHED_RETENTION_S=str(FETCHED_S), UNFETCHED_RETENTION_S=str(UNFETCHED_S))
     with api_service(tmp_path_factory.mktemp("policies"), **env) as svc:
