@@ -123,7 +123,7 @@ def labels(spec: SandboxSpec) -> dict[str, str]:
             **({f"{LABEL}.node": spec.node_id} if spec.node_id else {})}
 
 
-def container_config(spec: SandboxSpec, gvisor_netns: bool = False) -> dict:
+def container_config(spec: SandboxSpec, gvisor_netns: bool = False, node_cpus: int | None = None) -> dict:
     """The Docker Engine API's body for creating a spec's container (`POST /containers/create`,
     named `spec.name`): what `docker run --interactive` with the same options would send.
 
@@ -133,7 +133,10 @@ def container_config(spec: SandboxSpec, gvisor_netns: bool = False) -> dict:
     "host": Docker's namespace is what runsc ignores; the sandbox's is still its own): ~0.1 core-s
     less per container (a namespace made, set up by a re-exec of dockerd, and torn down). The
     sandbox reads the node's files at /etc/hosts and /etc/resolv.conf (`ETC_DIR`: no names, no
-    name server) instead of copies of the host's."""
+    name server) instead of copies of the host's.
+
+    `node_cpus` (default: this machine's): Docker refuses a CPU quota above them, and up to all of
+    them is the same limit there, so a quota above is lowered to them."""
     lim = spec.limits
     runtime, network = spec.runtime, "none"
     mounts = list(spec.mounts)
@@ -167,7 +170,7 @@ def container_config(spec: SandboxSpec, gvisor_netns: bool = False) -> dict:
             "Tmpfs": {spec.work_dir: f"{tmpfs_opts},size={lim.disk_mb}m", "/tmp": f"{tmpfs_opts},size={lim.tmp_mb}m"},
             "Memory": lim.memory_mb << 20,
             "MemorySwap": lim.memory_mb << 20,  # RAM + swap: no swap
-            "NanoCpus": round(lim.cpus * 1e9),
+            "NanoCpus": round(min(lim.cpus, node_cpus or os.cpu_count() or 1) * 1e9),
             "PidsLimit": lim.pids,
             "Ulimits": [{"Name": k, "Soft": v, "Hard": v} for k, v in ulimits.items()],
             "LogConfig": {"Type": "none", "Config": {}},

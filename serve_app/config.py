@@ -5,12 +5,13 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cluster.agent_types import CATALOGUE
 from executors import nuget_config
 from executors.sandbox import Limits
+from serve_app.models import LIMIT_MINIMUMS
 
 #: the sandbox limits, each also a setting of the same name and an agent-type override key
 LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
@@ -43,13 +44,13 @@ class Settings(BaseSettings):
     sandbox_engine: Literal["docker", "runsc"] = "docker"
     #: limits of every sandbox
     wall_time_s: float = Field(60.0, gt=0, le=3600)
-    memory_mb: int = Field(512, ge=64, le=65536)
-    cpus: float = Field(1.0, gt=0, le=64)
-    pids: int = Field(256, ge=64, le=65536)
-    nofile: int = Field(256, ge=32, le=1 << 20)
-    disk_mb: int = Field(64, ge=1, le=1 << 20)
-    tmp_mb: int = Field(16, ge=1, le=1 << 20)
-    output_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    memory_mb: int = Field(512, ge=LIMIT_MINIMUMS["memory_mb"], le=65536)
+    cpus: float = Field(1.0, ge=LIMIT_MINIMUMS["cpus"], le=64)
+    pids: int = Field(256, ge=LIMIT_MINIMUMS["pids"], le=65536)
+    nofile: int = Field(256, ge=LIMIT_MINIMUMS["nofile"], le=1 << 20)
+    disk_mb: int = Field(64, ge=LIMIT_MINIMUMS["disk_mb"], le=1 << 20)
+    tmp_mb: int = Field(16, ge=LIMIT_MINIMUMS["tmp_mb"], le=1 << 20)
+    output_bytes: int = Field(1 << 20, ge=LIMIT_MINIMUMS["output_bytes"], le=64 << 20)
     #: sandbox network of every agent type: none, or egress (public addresses only, see SECURITY.md)
     network: Literal["none", "egress"] = "none"
     #: networks that egress sandboxes may reach although private (e.g. an internal NuGet feed), comma separated
@@ -140,9 +141,15 @@ class Settings(BaseSettings):
                                  f"known: {sorted(LIMIT_FIELDS)} and network")
             if over.get("network", "none") not in ("none", "egress"):
                 raise ValueError(f"agent_overrides[{name}].network must be none or egress")
-            for key in set(over) & set(LIMIT_FIELDS):
-                if not isinstance(over[key], (int, float)) or over[key] <= 0:
-                    raise ValueError(f"agent_overrides[{name}].{key} must be a positive number")
+            for key in set(over) & set(LIMIT_FIELDS):  # within the bounds of the setting of the same name
+                field = cls.model_fields[key]
+                try:
+                    if isinstance(over[key], bool):
+                        raise ValueError("not a number")
+                    over[key] = TypeAdapter(Annotated[field.annotation, *field.metadata]).validate_python(over[key])
+                except (ValueError, ValidationError) as e:
+                    why = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+                    raise ValueError(f"agent_overrides[{name}].{key}: {why}") from None
         return v
 
     @field_validator("pool_warmup", mode="before")

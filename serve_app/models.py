@@ -62,6 +62,13 @@ Storable = AfterValidator(_storable)
 NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=NON_BLANK), Storable]
 
 
+#: the least of each limit a sandbox can have, for the deployment's settings and a job's own: Docker
+#: refuses a CPU quota under 0.01 core and takes 0 for none (a job asking for 1e-12 cores got no
+#: CPU limit at all); Mono cannot start with less memory, fewer processes or fewer open files
+LIMIT_MINIMUMS = {"memory_mb": 64, "cpus": 0.01, "pids": 64, "nofile": 32, "disk_mb": 1, "tmp_mb": 1,
+                  "output_bytes": 1024}
+
+
 class JobLimits(ApiModel):
     """Lower limits for this job; each at most what its agent type allows (400 otherwise)."""
 
@@ -73,13 +80,13 @@ class JobLimits(ApiModel):
         return v
 
     wall_time_s: Optional[float] = Field(None, gt=0, description="wall-clock seconds")
-    memory_mb: Optional[int] = Field(None, gt=0, description="RAM in MiB (no swap)")
-    cpus: Optional[float] = Field(None, gt=0, description="CPU quota in cores")
-    pids: Optional[int] = Field(None, gt=0, description="processes and threads")
-    nofile: Optional[int] = Field(None, gt=0, description="open files per process")
-    disk_mb: Optional[int] = Field(None, gt=0, description="the work directory's size in MiB")
-    tmp_mb: Optional[int] = Field(None, gt=0, description="/tmp's size in MiB")
-    output_bytes: Optional[int] = Field(None, gt=0, description="cap of stdout and of stderr, each")
+    memory_mb: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["memory_mb"], description="RAM in MiB (no swap)")
+    cpus: Optional[float] = Field(None, ge=LIMIT_MINIMUMS["cpus"], description="CPU quota in cores")
+    pids: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["pids"], description="processes and threads")
+    nofile: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["nofile"], description="open files per process")
+    disk_mb: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["disk_mb"], description="the work directory's size in MiB")
+    tmp_mb: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["tmp_mb"], description="/tmp's size in MiB")
+    output_bytes: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["output_bytes"], description="cap of stdout and of stderr, each")
 
 
 class JobConfig(ApiModel):

@@ -55,6 +55,12 @@ def test_limits_are_the_cgroups_of_the_sandbox():
     assert {n["type"] for n in linux["namespaces"]} == {"pid", "network", "ipc", "uts", "mount"}
 
 
+def test_the_least_cpu_a_job_may_ask_for_is_still_a_quota():
+    # a quota of 0 is none; a cgroup takes 1 ms per period at the least
+    least = replace(SPEC, limits=replace(SPEC.limits, cpus=0.01))
+    assert config(least)["linux"]["resources"]["cpu"] == {"quota": 1000, "period": 100_000}
+
+
 def test_read_only_root_sized_tmpfs_for_the_work_dir_and_tmp_and_read_only_packages():
     c = config()
     assert c["root"] == {"path": "/roots/abc", "readonly": True} and c["hostname"] == "sandbox"

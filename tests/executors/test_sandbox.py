@@ -85,3 +85,13 @@ def test_a_pooled_sandbox_renamed_after_its_job_is_still_waited_for():
     finally:
         sandbox.discard()
     assert job.name not in sandbox_containers() and pooled.name not in sandbox_containers()
+
+
+def test_a_cpu_quota_above_the_machine_s_cpus_runs_with_all_of_them():
+    # Docker refuses more than the machine has ("Range of CPUs is from 0.01 to 2.00"): every job of an
+    # agent type allowed more cores than a node has was REJECTED there
+    s = SandboxSpec(job_id=f"sandbox-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                    limits=Limits(wall_time_s=30, cpus=(os.cpu_count() or 1) + 2))
+    o = run_sandbox(s, "Console.WriteLine(Environment.ProcessorCount);")
+    assert (o.exit_code, o.stdout.strip()) == (0, str(os.cpu_count())), o.stderr
+    assert s.name not in sandbox_containers()

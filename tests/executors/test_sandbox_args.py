@@ -54,6 +54,19 @@ def test_limits():
     assert "size=4m" in h["Tmpfs"]["/tmp"] and "nosuid" in h["Tmpfs"]["/tmp"]
 
 
+def test_the_least_cpu_a_job_may_ask_for_is_still_a_quota():
+    # Docker takes NanoCpus 0 for no quota at all (and refuses anything below 0.01 core)
+    least = replace(SPEC, limits=replace(SPEC.limits, cpus=0.01))
+    assert host(least)["NanoCpus"] == 10_000_000
+
+
+def test_a_cpu_quota_above_the_node_s_cpus_is_all_of_them():
+    # Docker refuses more than the node has; all of them is the same limit there
+    more = replace(SPEC, limits=replace(SPEC.limits, cpus=6))
+    assert container_config(more, node_cpus=2)["HostConfig"]["NanoCpus"] == 2_000_000_000
+    assert container_config(more, node_cpus=8)["HostConfig"]["NanoCpus"] == 6_000_000_000
+
+
 def test_the_script_is_not_an_argument_but_stdin_which_closes_after_it():
     config = container_config(SPEC)
     assert (config["Image"], config["Cmd"]) == ("img", ["mono", "runner.exe"])

@@ -271,6 +271,18 @@ def test_a_job_asking_for_more_than_its_agent_type_allows_is_a_400(client):
     assert r.status_code == 400 and "network" in r.json()["message"]
 
 
+@pytest.mark.parametrize("limits, field", [
+    ({"cpus": 1e-12}, "cpus"),  # Docker took it as 0: no CPU quota at all
+    ({"cpus": 0.001}, "cpus"),  # Docker refused it: the job was REJECTED, as if the service had failed
+    ({"memoryMb": 1}, "memoryMb"),
+    ({"nofile": 3}, "nofile"),
+])
+def test_a_job_asking_for_less_than_a_sandbox_can_have_is_a_400(client, limits, field):
+    r = client.post("/jobs", json=body(payload={"jobConfig": {"limits": limits}}))
+    assert r.status_code == 400, r.text
+    assert f"jobConfig.limits.{field}: Input should be greater than or equal to" in r.json()["message"]
+
+
 def test_a_job_may_ask_for_lower_limits(client, jobs):
     b = body(payload={"script": "while (true) { }", "jobConfig": {"limits": {"wallTimeS": 2, "memoryMb": 128}}})
     start = time.monotonic()

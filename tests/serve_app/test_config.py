@@ -26,6 +26,11 @@ def test_agent_types_from_a_comma_separated_variable(monkeypatch):
     {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"memroy_mb": 1}}'},
     {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"memory_mb": -5}}'},
     {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"network": "bridge"}}'},
+    # overrides keep within the bounds of the settings of the same names
+    {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"cpus": 0.001}}'},
+    {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"memory_mb": 99999999}}'},
+    {"AGENT_OVERRIDES": '{"linux-amd64-mono-6": {"memory_mb": true}}'},
+    {"CPUS": "0.001"},
     {"NETWORK": "host"},
     {"EGRESS_ALLOW": "not-a-network"},
     {"STALE_AFTER_S": "30", "WALL_TIME_S": "60"},
