@@ -142,14 +142,13 @@ class Settings(BaseSettings):
             if over.get("network", "none") not in ("none", "egress"):
                 raise ValueError(f"agent_overrides[{name}].network must be none or egress")
             for key in set(over) & set(LIMIT_FIELDS):  # within the bounds of the setting of the same name
+                if isinstance(over[key], bool):  # JSON true would pass as 1
+                    raise ValueError(f"agent_overrides[{name}].{key}: not a number")
                 field = cls.model_fields[key]
                 try:
-                    if isinstance(over[key], bool):
-                        raise ValueError("not a number")
                     over[key] = TypeAdapter(Annotated[field.annotation, *field.metadata]).validate_python(over[key])
-                except (ValueError, ValidationError) as e:
-                    why = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
-                    raise ValueError(f"agent_overrides[{name}].{key}: {why}") from None
+                except ValidationError as e:
+                    raise ValueError(f"agent_overrides[{name}].{key}: {e.errors()[0]['msg']}") from None
         return v
 
     @field_validator("pool_warmup", mode="before")
