@@ -376,6 +376,7 @@ class _Attached:
         err, self._err = os.pipe()
         self.stdout, self.stderr = open(out, "rb"), open(err, "rb")
         self.returncode: int | None = None
+        self.detached = False  #: the attach ended: the container exited, or kill() detached it
         self._demux = threading.Thread(target=self._split, daemon=True)
         self._demux.start()
 
@@ -386,16 +387,17 @@ class _Attached:
         except OSError:
             pass  # detached (kill), or the engine went away
         finally:
-            os.close(self._out)
-            os.close(self._err)
             stream.close()
             # shut, not closed: the socket's descriptor goes with this object, so a write to stdin
             # under way in another thread fails instead of landing in a file that reused the number
             self.kill()
+            self.detached = True  # before the pipes end: a reader at their end finds it so
+            os.close(self._out)
+            os.close(self._err)
 
     def poll(self) -> int | None:
         """None while its streams are open (the container runs and is attached)."""
-        return None if self._demux.is_alive() else (self.returncode or 0)
+        return None if not self.detached else (self.returncode or 0)
 
     def wait(self, timeout: float) -> int:
         """Waits for the container's exit; its exit code (-1 if it was removed meanwhile)."""
