@@ -16,6 +16,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.node import on_the_head
+from executors import nuget_config
 from serve_app import deps, health, jobs, policies
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.dispatch import DispatcherClient, agent_profile, dispatcher
@@ -100,6 +101,44 @@ def openapi_yaml() -> Response:
 def _field(loc) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """The largest request a replica reads: a script and a NuGet.Config at their limits, each
+    JSON-escaped at worst (six bytes a character, `\\u0001`), and the rest of the request."""
+    return 6 * (settings.max_script_bytes + nuget_config.MAX_BYTES) + (16 << 10)
+
+
+class BodyLimit:
+    """Refuses a request body over `max_body_bytes` (413) before reading it all: by its declared
+    length at once, a chunked one as it arrives. Without it a client could make a replica hold any
+    amount (the script's own limit is checked only once the whole body is parsed)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = max_body_bytes(deps.get_services().settings)
+        too_large = f"the request body is over {limit} bytes, more than any valid job needs"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await JSONResponse(status_code=413, content={"message": too_large})(scope, receive, send)
+        seen = 0
+
+        async def bounded():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:  # FastAPI passes an HTTPException from reading the body on to the handlers
+                raise StarletteHTTPException(413, too_large)
+            return message
+
+        await self.app(scope, bounded, send)
+
+
+app.add_middleware(BodyLimit)
 
 
 @app.exception_handler(RequestValidationError)

@@ -51,7 +51,7 @@ def _fetched(svc: Services, job_id: str) -> Job:
     "", status_code=201, response_model=JobCreated,
     responses={200: {"model": JobCreated, "description": "the requestId was seen before: the existing job"},
                400: {"model": Message, "description": "invalid request"},
-               413: {"model": Message, "description": "script too large"}},
+               413: {"model": Message, "description": "script, or the whole request, too large"}},
 )
 async def create_job(body: JobRequest, response: Response, svc: Services = Depends(get_services)):
     """Stores a job and starts it on a node of its agent type."""

@@ -2,6 +2,8 @@
 
 import json
 import re
+import select
+import socket
 import subprocess
 import time
 import uuid
@@ -54,6 +56,44 @@ def test_script_over_the_size_cap_is_413(client):
     r = client.post("/jobs", json=body(payload={"script": "//" + "x" * (256 << 10)}))
     assert r.status_code == 413
     assert "limit" in r.json()["message"]
+
+
+def raw_post(service, head: bytes, chunks) -> tuple[int, dict]:
+    """POSTs /jobs over a bare socket: `head` (header lines), then `chunks` of the body as they come;
+    the status and JSON of whatever answer comes back meanwhile or after."""
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n" + head + b"\r\n")
+        for chunk in chunks:
+            sock.sendall(chunk)
+            if select.select([sock], [], [], 0)[0]:  # answered: the rest is not sent
+                break
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                re.search(rb"content-length: (\d+)", answer.lower()).group(1)):
+            got = sock.recv(65536)
+            assert got, answer
+            answer += got
+    status_line, rest = answer.split(b"\r\n", 1)
+    return int(status_line.split()[1]), json.loads(rest.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_request_body_larger_than_any_job_needs_is_a_413_before_it_is_all_sent(service):
+    # declared: answered from the headers, none of the 100 MB sent
+    status, answer = raw_post(service, b"Content-Length: 100000000\r\n", [b"{"])
+    assert status == 413 and "request body is over" in answer["message"], answer
+    # chunked: counted as it arrives; answered once over the limit, the end of the body never sent
+    piece = b"x" * 65536
+    status, answer = raw_post(service, b"Transfer-Encoding: chunked\r\n",
+                              [b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(40)])
+    assert status == 413 and "request body is over" in answer["message"], answer
+
+
+def test_a_script_at_its_limit_escaped_at_worst_is_still_read(client):
+    script = "\u0001" * ((256 << 10) - 64) + "return 0;"  # each character sent as six bytes
+    r = client.post("/jobs", content=json.dumps(body(payload={"script": script})), headers={"Content-Type": "application/json"})
+    assert r.status_code == 201, r.text[:300]
+    client.delete(f"/jobs/{r.json()['jobId']}")
 
 
 @pytest.mark.parametrize("path", ["/jobs/not-a-uuid", f"/jobs/{uuid.uuid4()}", f"/jobs/{uuid.uuid4()}/status",
@@ -297,7 +337,7 @@ def test_a_job_may_ask_for_lower_limits(client, jobs):
 @pytest.mark.parametrize("xml, words", [
     ("<configuration><packageSources>", "well-formed"),
     ('<?xml version="1.0"?><!DOCTYPE c [<!ENTITY x SYSTEM "file:///etc/passwd">]><configuration>&x;</configuration>', "DTD"),
-    ("<configuration>" + "<a/>" * 3_000_000 + "</configuration>", "limit"),
+    ("<configuration>" + "<a/>" * 20_000 + "</configuration>", "limit"),  # 80 KB: over its 64 KiB
 ])
 def test_bad_nuget_config_is_a_400_at_submission(client, xml, words):
     r = client.post("/jobs", json=body(payload={"jobConfig": {"nugetConfigXml": xml}}))
