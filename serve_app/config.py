@@ -109,11 +109,12 @@ class Settings(BaseSettings):
         def longest(t: str) -> float:
             wall = float(self.agent_overrides.get(t, {}).get("wall_time_s", self.wall_time_s))
             return wall + (self.nuget_restore_timeout_s if CATALOGUE[t].nuget else 0.0)
-        t = max(self.agent_types, key=longest)
-        if self.stale_after_s <= longest(t):
-            raise ValueError(f"stale_after_s must be longer than the longest run, or running jobs would be "
-                             f"rejected: {t}'s wall time" + (" + nuget_restore_timeout_s" if CATALOGUE[t].nuget else "") +
-                             f" is {longest(t):g} s, stale_after_s {self.stale_after_s:g} s")
+        worst = max(self.agent_types, key=longest)
+        run = longest(worst)
+        if self.stale_after_s <= run:
+            restore = " + nuget_restore_timeout_s" if CATALOGUE[worst].nuget else ""
+            raise ValueError(f"stale_after_s must be longer than the longest run, or running jobs would be rejected: "
+                             f"{worst}'s wall time{restore} is {run:g} s, stale_after_s {self.stale_after_s:g} s")
         return self
 
     @field_validator("agent_types", "local_agent_types")
