@@ -2,7 +2,7 @@
 
 import pytest
 
-from executors.nuget_config import MAX_BYTES, REDACTED, NuGetConfigError, parse, redact
+from executors.nuget_config import MAX_BYTES, REDACTED, NuGetConfigError, Source, parse, redact, redact_url
 
 FULL = """<?xml version="1.0" encoding="utf-8"?>
 <configuration>
@@ -35,6 +35,51 @@ def test_credentials_are_redacted_for_display():
     assert "s3cret" not in shown and REDACTED in shown and "feed.example" in shown
     plain = '<configuration><packageSources><add key="a" value="https://a.example/" /></packageSources></configuration>'
     assert redact(plain) == plain
+
+
+TOKENS = """<configuration>
+  <packageSources>
+    <add key="a" value="https://me:pat-in-userinfo@feed.example/v3/index.json" />
+    <add key="b" value="https://feed.example/v3/index.json?api-key=key-in-query&amp;sig=sig-in-query&amp;bare-token" />
+    <add key="c" value="https://token-as-user@feed.example/nuget" />
+  </packageSources>
+  <apikeys><add key="https://u:key-in-apikeys-url@feed.example/" value="encrypted-api-key" /></apikeys>
+  <config><add key="http_proxy.password" value="proxy-password" /><add key="http_proxy" value="http://proxy.example:3128" /></config>
+</configuration>"""
+
+
+def test_tokens_in_urls_and_other_secrets_are_redacted_too():
+    shown = redact(TOKENS)
+    for secret in ("pat-in-userinfo", "key-in-query", "sig-in-query", "bare-token", "token-as-user",
+                   "key-in-apikeys-url", "encrypted-api-key", "proxy-password"):
+        assert secret not in shown
+    assert "https://REDACTED@feed.example/v3/index.json" in shown
+    assert "?api-key=REDACTED&amp;sig=REDACTED&amp;REDACTED" in shown
+    assert "http://proxy.example:3128" in shown  # nothing secret: shown as it is
+    assert [s.url for s in parse(TOKENS)][0] == "https://me:pat-in-userinfo@feed.example/v3/index.json"  # the restore's
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://u:p@h.example:8443/x?a=1&b#f", "https://REDACTED@h.example:8443/x?a=REDACTED&REDACTED#f"),
+    ("https://h.example/x?mail=a@b.example", "https://h.example/x?mail=REDACTED"),
+    ("https://h.example/x", "https://h.example/x"),
+    ("http://[broken/x?t=1", "http://[broken/x?t=REDACTED"),
+])
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_no_repr_shows_a_secret():
+    source = Source("a", "https://me:pat@feed.example/v3/index.json?sig=s1g", username="u", password="pw")
+    assert not any(secret in repr(source) for secret in ("pat", "s1g", "pw"))
+    assert "feed.example" in repr(source)
+
+
+@pytest.mark.parametrize("url", ["https://feed.example:99999/v3/index.json", "https://feed.example:port/",
+                                 "https://[feed.example/v3/index.json"])
+def test_a_source_with_a_bad_port_or_host_is_refused(url):
+    with pytest.raises(NuGetConfigError, match="must be an http"):
+        parse(f'<configuration><packageSources><add key="f" value="{url}"/></packageSources></configuration>')
 
 
 BILLION_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
