@@ -4,7 +4,12 @@ The restore runs on the node, outside any sandbox, but it fetches URLs a client 
 connection goes to an address checked first (no loopback, private, link-local/metadata, CGNAT,
 multicast or reserved ranges, none of this host's own addresses, unless the operator allowed the
 network with EGRESS_ALLOW), to the address that was checked (no second DNS answer), redirects are
-checked the same way, and every response is capped in size and time.
+checked the same way, and every response is capped in size and time: each read waits at most
+until the restore's deadline, and every byte counts against the job's download budget.
+
+A feed is hostile until proven otherwise: whatever it answers (a bad URL or port, JSON of the wrong
+shape or nested beyond reason) ends as a FeedError that names it, never another exception type.
+A source's credentials go only to its own scheme, host and port.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from urllib.parse import quote, urljoin, urlsplit
+from typing import BinaryIO
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from executors.network import BLOCKED
+from executors.nuget_budget import Budget
 from executors.nuget_config import Source
 from executors.nuget_versions import Version, VersionError
 
@@ -40,6 +47,10 @@ class NotFound(FeedError):
     """The feed answered 404: it does not have the package (or version)."""
 
 
+class Timeout(FeedError):
+    """The restore's deadline passed while reading a feed: the whole restore ends, not just this feed."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """Where restores may connect, and how much they may read."""
@@ -47,6 +58,7 @@ class Policy:
     timeout_s: float = 30.0  #: per connection and read
     max_package_bytes: int = 64 << 20
     deadline: float = field(default=float("inf"))  #: time.monotonic() past which nothing is fetched
+    budget: Budget = field(default_factory=Budget)  #: the job's, shared by all its feeds
 
 
 def address_refusal(ip: str, allow: tuple[str, ...]) -> str | None:
@@ -83,7 +95,9 @@ def _connect(host: str, port: int, policy: Policy) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise FeedError(f"cannot resolve {host}: {e.strerror}") from None
+        raise FeedError(f"cannot resolve {host[:100]}: {e.strerror}") from None
+    except (UnicodeError, ValueError):  # a label too long for IDNA, a NUL in the name
+        raise FeedError(f"{host[:100]!r} is not a host name") from None
     for info in infos:  # every answer must be allowed, or a DNS reply could pick a private one
         why = address_refusal(info[4][0], policy.allow)
         if why:
@@ -103,9 +117,10 @@ def _connect(host: str, port: int, policy: Policy) -> socket.socket:
 
 
 def _timeout(policy: Policy) -> float:
+    """A wait's timeout: the per-read one, or what is left of the restore if that is less."""
     left = policy.deadline - time.monotonic()
     if left <= 0:
-        raise FeedError("the restore took too long")
+        raise Timeout("the restore timed out")
     return min(policy.timeout_s, left)
 
 
@@ -129,29 +144,57 @@ class _PinnedTLS(http.client.HTTPSConnection):
 
 
 def _label(url: str) -> str:
-    """A URL as shown in messages: without user info or query."""
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.hostname}{':' + str(p.port) if p.port else ''}{p.path}"
+    """A URL as shown in messages: without user info or query (whatever the URL is like)."""
+    try:
+        p = urlsplit(url)
+        host = p.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(an invalid URL)"
+    return f"{p.scheme}://{host}{p.path}"[:300]
 
 
-def fetch(url: str, source: Source, policy: Policy, cap: int) -> bytes:
-    """GET `url` with the source's credentials (same host only), at most `cap` bytes. FeedError."""
-    origin = urlsplit(source.url).hostname
-    for _ in range(MAX_REDIRECTS + 1):
+def _parts(url: str) -> tuple[SplitResult, int]:
+    """The URL's parts and its port; FeedError for anything but a valid http(s) URL."""
+    try:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise FeedError(f"{_label(url)}: only http(s) URLs can be fetched")
-        conn_type = _PinnedTLS if parts.scheme == "https" else _Pinned
-        conn = conn_type(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), policy)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port out of range or not a number, a bracketed non-IPv6 host
+        raise FeedError(f"{_label(url)}: not a valid URL (its host or port)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FeedError(f"{_label(url)}: only http(s) URLs can be fetched")
+    return parts, port
+
+
+def same_origin(given_for: str, url: str) -> bool:
+    """Whether credentials given for the URL `given_for` may go with a request to `url`: the same
+    scheme, host and port (a redirect elsewhere, or from https to http, goes without them)."""
+    try:
+        a, b = _parts(given_for), _parts(url)
+    except FeedError:
+        return False
+    return (a[0].scheme, a[0].hostname, a[1]) == (b[0].scheme, b[0].hostname, b[1])
+
+
+def fetch(url: str, source: Source, policy: Policy, cap: int, out: BinaryIO | None = None) -> bytes:
+    """GET `url` with the source's credentials (its own origin only), at most `cap` bytes, into
+    `out` if given (then b"" is returned). FeedError, Timeout; BudgetError past the job's budget."""
+    for _ in range(MAX_REDIRECTS + 1):
+        parts, port = _parts(url)
         headers = {"User-Agent": "dotnet-scripts-restore", "Accept-Encoding": "identity"}
-        if source.username is not None and parts.hostname == origin:
+        if source.username is not None and same_origin(source.url, url):
             token = base64.b64encode(f"{source.username}:{source.password or ''}".encode()).decode()
             headers["Authorization"] = "Basic " + token
+        conn = None
         try:
+            conn = (_PinnedTLS if parts.scheme == "https" else _Pinned)(parts.hostname, port, policy)
             conn.request("GET", parts.path + ("?" + parts.query if parts.query else "") or "/", headers=headers)
+            sock = conn.sock  # the response may take it over (and conn.sock become None)
             resp = conn.getresponse()
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
-                url = urljoin(url, resp.getheader("Location"))
+                try:
+                    url = urljoin(url, resp.getheader("Location"))
+                except ValueError:
+                    raise FeedError(f"{_label(url)}: redirected to an invalid URL") from None
                 continue
             if resp.status == 404:
                 raise NotFound(f"{_label(url)}: not found (404)")
@@ -159,18 +202,38 @@ def fetch(url: str, source: Source, policy: Policy, cap: int) -> bytes:
                 raise FeedError(f"{_label(url)}: access denied ({resp.status}); check the feed's credentials")
             if resp.status != 200:
                 raise FeedError(f"{_label(url)}: HTTP {resp.status}")
-            length = resp.getheader("Content-Length")
-            if length and length.isdigit() and int(length) > cap:
+            length = resp.getheader("Content-Length") or ""
+            if length.isascii() and length.isdigit() and int(length) > cap:
                 raise FeedError(f"{_label(url)}: {int(length) >> 20} MiB is more than the {cap >> 20} MiB limit")
-            data = resp.read(cap + 1)
-            if len(data) > cap:
-                raise FeedError(f"{_label(url)}: more than the {cap >> 20} MiB limit")
-            return data
+            return _read(resp, sock, policy, cap, url, out)
         except (OSError, http.client.HTTPException) as e:
+            if time.monotonic() >= policy.deadline:
+                raise Timeout("the restore timed out") from None
             raise FeedError(f"{_label(url)}: {type(e).__name__}: {e}"[:300]) from None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
     raise FeedError(f"{_label(url)}: too many redirects")
+
+
+def _read(resp: http.client.HTTPResponse, sock, policy: Policy, cap: int, url: str, out: BinaryIO | None) -> bytes:
+    """The body, a chunk at a time: each wait bounded by the restore's deadline (a feed that
+    trickles a byte at a time would otherwise get a fresh timeout per byte), each chunk counted."""
+    data, total = bytearray(), 0
+    while True:
+        if sock is not None:
+            sock.settimeout(_timeout(policy))
+        chunk = resp.read1(1 << 16)
+        if not chunk:
+            return bytes(data)
+        total += len(chunk)
+        if total > cap:
+            raise FeedError(f"{_label(url)}: more than the {cap >> 20} MiB limit")
+        policy.budget.download(len(chunk))
+        if out is not None:
+            out.write(chunk)
+        else:
+            data += chunk
 
 
 class Feed:
@@ -183,11 +246,18 @@ class Feed:
     def versions(self, package_id: str) -> list[Version]:
         raise NotImplementedError
 
-    def download(self, package_id: str, version: Version) -> bytes:
+    def download(self, package_id: str, version: Version, out: BinaryIO) -> None:
+        """Writes the package's .nupkg into `out`."""
         raise NotImplementedError
 
-    def _get(self, url: str, cap: int = MAX_INDEX_BYTES) -> bytes:
-        return fetch(url, self.source, self.policy, cap)
+    def _get(self, url: str, cap: int = MAX_INDEX_BYTES, out: BinaryIO | None = None) -> bytes:
+        return fetch(url, self.source, self.policy, cap, out)
+
+    def _json(self, url: str, what: str):
+        try:
+            return json.loads(self._get(url))
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+            raise FeedError(f"{what} is not readable JSON") from None
 
 
 def _versions(texts) -> list[Version]:
@@ -207,27 +277,31 @@ class V3Feed(Feed):
 
     def _base(self) -> str:
         if self.base is None:
+            index = self._json(self.source.url, "its service index")
+            resources = index.get("resources") if isinstance(index, dict) else None
+            base = next((r["@id"] for r in resources if isinstance(r, dict) and isinstance(r.get("@id"), str)
+                         and str(r.get("@type", "")).startswith("PackageBaseAddress/3.0.0")),
+                        None) if isinstance(resources, list) else None
+            if base is None:
+                raise FeedError("not a NuGet v3 service index with a PackageBaseAddress")
             try:
-                index = json.loads(self._get(self.source.url))
-                base = next(r["@id"] for r in index["resources"]
-                            if str(r.get("@type", "")).startswith("PackageBaseAddress/3.0.0"))
-            except (ValueError, KeyError, TypeError, StopIteration):
-                raise FeedError(f"feed {self.label}: not a NuGet v3 service index with a PackageBaseAddress") from None
-            self.base = urljoin(self.source.url, str(base)).rstrip("/") + "/"
+                self.base = urljoin(self.source.url, base).rstrip("/") + "/"
+            except ValueError:
+                raise FeedError("its PackageBaseAddress is not a valid URL") from None
         return self.base
 
     def versions(self, package_id: str) -> list[Version]:
         try:
-            data = json.loads(self._get(f"{self._base()}{quote(package_id.lower())}/index.json"))
-            return _versions(data["versions"])
+            data = self._json(f"{self._base()}{quote(package_id.lower())}/index.json", f"the version list of {package_id}")
         except NotFound:
             return []
-        except (ValueError, KeyError, TypeError):
-            raise FeedError(f"feed {self.label}: unreadable version list of {package_id}") from None
+        if not (isinstance(data, dict) and isinstance(data.get("versions"), list)):
+            raise FeedError(f"unreadable version list of {package_id}")
+        return _versions(data["versions"])
 
-    def download(self, package_id: str, version: Version) -> bytes:
+    def download(self, package_id: str, version: Version, out: BinaryIO) -> None:
         pid, ver = quote(package_id.lower()), quote(str(version).lower())
-        return self._get(f"{self._base()}{pid}/{ver}/{pid}.{ver}.nupkg", self.policy.max_package_bytes)
+        self._get(f"{self._base()}{pid}/{ver}/{pid}.{ver}.nupkg", self.policy.max_package_bytes, out)
 
 
 class V2Feed(Feed):
@@ -242,7 +316,7 @@ class V2Feed(Feed):
             except NotFound:
                 return []
             except (DefusedXmlException, SyntaxError):
-                raise FeedError(f"feed {self.label}: unreadable answer for {package_id}") from None
+                raise FeedError(f"unreadable answer for {package_id}") from None
             for el in root.iter():
                 if el.tag.rsplit("}", 1)[-1] == "Version" and el.text:
                     found.append(el.text.strip())
@@ -250,15 +324,20 @@ class V2Feed(Feed):
                         and el.get("rel") == "next" and el.get("href")), None)
             if not nxt:
                 break
-            url = urljoin(url, nxt)
+            try:
+                url = urljoin(url, nxt)
+            except ValueError:
+                raise FeedError("its next page is not a valid URL") from None
         return _versions(found)
 
-    def download(self, package_id: str, version: Version) -> bytes:
+    def download(self, package_id: str, version: Version, out: BinaryIO) -> None:
         url = urljoin(self.source.url.rstrip("/") + "/", f"package/{quote(package_id)}/{quote(str(version))}")
-        return self._get(url, self.policy.max_package_bytes)
+        self._get(url, self.policy.max_package_bytes, out)
 
 
 def feed_for(source: Source, policy: Policy) -> Feed:
-    """v3 when the config says so or the URL is a service index (…/index.json), else v2 (NuGet's rule)."""
-    v3 = source.protocol_version == 3 or (source.protocol_version is None and urlsplit(source.url).path.endswith(".json"))
+    """v3 when the config says so or the URL is a service index (…/index.json), else v2 (NuGet's rule).
+    FeedError for a source that is no valid http(s) URL."""
+    parts, _ = _parts(source.url)
+    v3 = source.protocol_version == 3 or (source.protocol_version is None and parts.path.endswith(".json"))
     return (V3Feed if v3 else V2Feed)(source, policy)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
+from executors.nuget_budget import Budget
 from executors.nuget_versions import Version, VersionError, VersionRange
 
 MAX_ENTRIES = 20000  #: a package with more entries than this is abuse, whatever their size
@@ -157,7 +161,15 @@ def valid_id(package_id: str) -> bool:
 
 # ---- the archive ----------------------------------------------------------------------------------
 
+#: what reading a hostile member can raise besides BadZipFile: bad compressed data, an unknown or
+#: encrypted method (RuntimeError), a truncated stream; writing it: OSError (e.g. a name too long)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError,
+               ValueError, struct.error, OSError)
+
+
 def _safe_name(info: zipfile.ZipInfo) -> str:
+    """The entry's path as it is written: `\\` as `/`, `a//./b` as `a/b`, a top `LIB/` or `Lib/`
+    as `lib/` (NuGet matches it regardless of case; an old package built on Windows has `Lib/`)."""
     name = info.filename.replace("\\", "/")
     parts = PurePosixPath(name).parts
     if (name.startswith("/") or "\x00" in name or re.match(r"^[A-Za-z]:", name)
@@ -165,21 +177,49 @@ def _safe_name(info: zipfile.ZipInfo) -> str:
         raise PackageError(f"it has an entry outside its folder ({info.filename[:100]!r}): refused")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise PackageError(f"it has a symbolic link ({info.filename[:100]!r}): refused")
-    return name
+    if not parts or parts == (".",):
+        raise PackageError(f"it has an entry without a name ({info.filename[:100]!r}): refused")
+    if parts[0].lower() == "lib":
+        parts = ("lib", *parts[1:])
+    return "/".join(parts)
+
+
+def _no_conflicts(names) -> None:
+    """Refuses two entries that would be the same file or folder on a case-insensitive file system
+    (NuGet's own) or here (`a/b` and `a\\b`), or a file that is also a folder: extracting them would
+    overwrite one with the other, or fail half-way."""
+    seen: dict[str, tuple[str, bool]] = {}
+    for name in names:
+        parts = name.split("/")
+        for i in range(1, len(parts) + 1):
+            path, is_file = "/".join(parts[:i]), i == len(parts)
+            prev = seen.get(path.lower())
+            if prev is None:
+                seen[path.lower()] = (path, is_file)
+            elif is_file or prev != (path, False):  # a file twice, a case twin, a file used as a folder
+                raise PackageError(f"it has entries that conflict as paths ({prev[0][:100]!r} and {name[:100]!r}): refused")
 
 
 class Archive:
-    """A checked .nupkg: every path is safe and the declared sizes fit the cap."""
+    """A checked .nupkg (its bytes, or a file holding them): every path is safe and distinct, and
+    the declared sizes fit the cap."""
 
-    def __init__(self, data: bytes, max_extract_bytes: int):
+    def __init__(self, data: bytes | str | Path, max_extract_bytes: int):
         try:
-            self.zip = zipfile.ZipFile(io.BytesIO(data))
+            self.zip = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
             infos = self.zip.infolist()
-        except (zipfile.BadZipFile, ValueError, OSError):
+        except _ZIP_ERRORS:
             raise PackageError("it is not a valid .nupkg (zip) file") from None
         if len(infos) > MAX_ENTRIES:
             raise PackageError(f"it has {len(infos)} entries; the limit is {MAX_ENTRIES}")
-        self.names = {_safe_name(i): i for i in infos if not i.is_dir()}
+        self.names: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            name = _safe_name(info)
+            if not info.filename.replace("\\", "/").endswith("/"):  # a folder's entry, with either slash
+                if name in self.names:
+                    raise PackageError(f"it has entries that conflict as paths ({name[:100]!r} twice): refused")
+                self.names[name] = info
+        _no_conflicts(self.names)
         declared = sum(i.file_size for i in infos)
         if declared > max_extract_bytes:
             raise PackageError(f"it expands to {declared >> 20} MiB; the limit is {max_extract_bytes >> 20} MiB")
@@ -189,27 +229,46 @@ class Archive:
             raise PackageError("it does not have exactly one .nuspec at its root")
         self.nuspec_name = nuspecs[0]
 
+    def close(self) -> None:
+        self.zip.close()
+
     def read_nuspec(self) -> Nuspec:
         info = self.names[self.nuspec_name]
-        with self.zip.open(info) as f:
-            return parse_nuspec(f.read(MAX_NUSPEC_BYTES + 1))
+        try:
+            with self.zip.open(info) as f:
+                xml = f.read(MAX_NUSPEC_BYTES + 1)
+        except _ZIP_ERRORS as e:
+            raise PackageError(f"its .nuspec cannot be read ({type(e).__name__})") from None
+        return parse_nuspec(xml)
 
-    def extract(self, names, dest: Path) -> dict[str, str]:
-        """Writes `names` under `dest`; returns each relative path's SHA-256. Counts what it writes."""
+    def extract(self, names, dest: Path, budget: Budget | None = None) -> dict[str, str]:
+        """Writes `names` under `dest`; returns each relative path's SHA-256. Counts what it writes,
+        against the package's cap and the job's budget (BudgetError) as it goes."""
+        if budget is not None:
+            budget.fits_extract(sum(self.names[n].file_size for n in names))
         written, hashes = 0, {}
         root = dest.resolve()
         for name in names:
+            if budget is not None:
+                budget.file()
             target = (dest / name).resolve()
             if root not in target.parents:
                 raise PackageError(f"it has an entry outside its folder ({name[:100]!r}): refused")
-            target.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()
-            with self.zip.open(self.names[name]) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 16):
-                    written += len(chunk)
-                    if written > self.max_extract_bytes:
-                        raise PackageError(f"it expands to more than {self.max_extract_bytes >> 20} MiB: refused")
-                    digest.update(chunk)
-                    out.write(chunk)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with self.zip.open(self.names[name]) as src, open(target, "xb") as out:
+                    while chunk := src.read(1 << 16):
+                        written += len(chunk)
+                        if written > self.max_extract_bytes:
+                            raise PackageError(f"it expands to more than {self.max_extract_bytes >> 20} MiB: refused")
+                        if budget is not None:
+                            budget.extract(len(chunk))
+                        digest.update(chunk)
+                        out.write(chunk)
+            except PackageError:
+                raise
+            except _ZIP_ERRORS as e:
+                raise PackageError(f"its entry {name[:100]!r} cannot be extracted ({type(e).__name__})") from None
             hashes[name] = digest.hexdigest()
         return hashes

@@ -1,39 +1,42 @@
 """`#r "nuget: Id, Version"`: the packages a script references, restored on its node before its
-sandbox starts, from the job's feeds into a per-node cache, and handed to the sandbox read-only.
+sandbox starts, from the job's feeds into a per-node cache (nuget_cache), and handed to the
+sandbox read-only.
 
-The cache holds one folder per package id + version + content hash. An entry is used for a job
-only if it came from one of the job's own feeds with the same credentials (a private package is
-not handed to a job that could not download it), and its files are checked against the hashes
-recorded when it was extracted. The cache is bounded; entries in use by a running job are never
-evicted (each job holds a shared lock on the entries it uses).
+The work (feeds, downloads, extraction, hashing) runs in a process of its own, in a cgroup of its
+own, killed at the restore's deadline (nuget_process); it counts what it costs against the job's
+budget as it goes (nuget_budget). Whatever goes wrong ends as a RestoreError whose `error NU…`
+line names the package and the feed where known: a hostile feed or package is the script's
+failure, never its node's.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
-import os
+import logging
 import re
-import shutil
 import time
-import uuid
-import zipfile
-import zlib
+import traceback
 from collections import deque
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executors import nuget_process
+from executors.nuget_budget import Budget, BudgetError
+from executors.nuget_cache import Cache, read_meta
 from executors.nuget_config import Source
-from executors.nuget_feeds import Feed, FeedError, Policy, feed_for
+from executors.nuget_feeds import Feed, FeedError, Policy, Timeout, feed_for
 from executors.nuget_packages import Archive, Dependency, PackageError, Target, best_framework, parse_nuspec, valid_id
 from executors.nuget_versions import Version, VersionError, VersionRange
+
+log = logging.getLogger(__name__)
 
 MOUNT_ROOT = "/nuget"  #: where packages appear inside the sandbox (read-only)
 REFERENCES_ENV = "CSRUN_REFERENCES"  #: the runner's list of assemblies to reference, ':'-separated
 MAX_PACKAGES = 100  #: packages in one job's dependency graph
+TIMEOUT_SETTING = "NUGET_RESTORE_TIMEOUT_S"  #: named in the message of a restore that timed out
 _DIRECTIVE = re.compile(r'^\s*#r\s+"nuget:\s*([^,"]*?)\s*(?:,\s*([^"]*?)\s*)?"\s*(?://.*)?$', re.IGNORECASE)
+_CHILD = "from executors.nuget_restore import _child_main; _child_main()"
 
 
 class RestoreError(RuntimeError):
@@ -73,10 +76,22 @@ class NuGetSpec:
     target: Target
     cache_dir: str
     cache_mb: int = 2048
-    max_package_mb: int = 64
-    max_extract_mb: int = 256
+    max_package_mb: int = 64  #: one .nupkg's download
+    max_extract_mb: int = 256  #: one package's files
     timeout_s: float = 120.0  #: the whole restore
     allow: tuple[str, ...] = ()  #: EGRESS_ALLOW
+    #: the job's budget, all its packages together (those from the cache too: they stay pinned)
+    budget_download_mb: int = 256
+    budget_extract_mb: int = 512
+    budget_files: int = 20000
+    budget_packages: int = MAX_PACKAGES
+    #: the restore's process: its cgroup's CPU quota (in CPUs) and memory limit
+    restore_cpus: float = 1.0
+    restore_memory_mb: int = 512
+
+    def budget(self) -> Budget:
+        return Budget(self.budget_download_mb << 20, self.budget_extract_mb << 20, self.budget_files,
+                      self.budget_packages)
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,7 @@ class Package:
     path: Path  #: the cache entry
     framework: str | None  #: the lib folder used; None: the package has no assemblies
     dependencies: tuple[Dependency, ...] = ()  #: for the agent type's framework
+    dlls: tuple[str, ...] = ()  #: the assemblies' file names in the framework's folder
 
     @property
     def mount_point(self) -> str:
@@ -97,10 +113,7 @@ class Package:
         return self.path / "lib" / self.framework if self.framework else self.path / "lib"
 
     def assemblies(self) -> list[str]:
-        if self.framework is None:
-            return []
-        return sorted(f"{self.mount_point}/{p.name}" for p in self.lib.iterdir()
-                      if p.is_file() and p.suffix.lower() == ".dll")
+        return [f"{self.mount_point}/{name}" for name in self.dlls] if self.framework is not None else []
 
     def mount(self) -> tuple[str, str]:
         return str(self.lib), self.mount_point
@@ -124,141 +137,18 @@ def source_identity(source: Source) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-# ---- the cache ----------------------------------------------------------------------------------
+# ---- the restore's work (in its own process) ----------------------------------------------------
 
-META = ".meta.json"
-INUSE = ".inuse"
+class _Hashing:
+    """A file written to, and the SHA-512 of what was written."""
 
+    def __init__(self, f):
+        self.f, self.sha512 = f, hashlib.sha512()
 
-class Cache:
-    def __init__(self, root: str | Path, max_bytes: int):
-        self.root = Path(root)
-        self.max_bytes = max_bytes
-        (self.root / "entries").mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(exist_ok=True)
-        os.chmod(self.root, 0o755)
+    def write(self, data: bytes) -> None:
+        self.sha512.update(data)
+        self.f.write(data)
 
-    @contextmanager
-    def _locked(self):
-        with open(self.root / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _dir(self, package_id: str, version: Version) -> Path:
-        return self.root / "entries" / package_id.lower() / str(version).lower()
-
-    def find(self, package_id: str, version: Version, sources: set[str], stack: ExitStack) -> Path | None:
-        """An intact entry from one of `sources`, leased (shared-locked) for the job's lifetime."""
-        base = self._dir(package_id, version)
-        for entry in sorted(base.glob("*")) if base.is_dir() else []:
-            try:
-                meta = json.loads((entry / META).read_text())
-            except (OSError, ValueError):
-                continue
-            if not sources & set(meta.get("sources", [])):
-                continue
-            if self._lease(entry, stack) and self._intact(entry, meta):
-                os.utime(entry / META)  # last use, for eviction
-                return entry
-        return None
-
-    def _lease(self, entry: Path, stack: ExitStack) -> bool:
-        try:
-            f = stack.enter_context(open(entry / INUSE, "a"))
-        except OSError:
-            return False
-        fcntl.flock(f, fcntl.LOCK_SH)
-        return (entry / META).exists()  # not evicted between the lookup and the lock
-
-    @staticmethod
-    def _intact(entry: Path, meta: dict) -> bool:
-        for rel, digest in meta.get("files", {}).items():
-            try:
-                if hashlib.sha256((entry / rel).read_bytes()).hexdigest() != digest:
-                    return False
-            except OSError:
-                return False
-        return True
-
-    def install(self, package_id: str, version: Version, data: bytes, source: str, archive: Archive,
-                names: list[str], stack: ExitStack) -> Path:
-        digest = hashlib.sha512(data).hexdigest()
-        entry = self._dir(package_id, version) / digest[:16]
-        tmp = self.root / "tmp" / uuid.uuid4().hex
-        trash = self.root / "tmp" / uuid.uuid4().hex
-        try:
-            tmp.mkdir()
-            files = archive.extract(names, tmp)
-            meta = {"id": package_id, "version": str(version), "sha512": digest, "files": files,
-                    "size": sum((tmp / n).stat().st_size for n in files), "sources": [source]}
-            (tmp / META).write_text(json.dumps(meta))
-            _readable(tmp)
-            with self._locked():
-                try:
-                    current = json.loads((entry / META).read_text())
-                except (OSError, ValueError):
-                    current = None
-                if current is not None and self._intact(entry, current):  # the same content, already here
-                    if source not in current["sources"]:
-                        current["sources"].append(source)
-                        (entry / META).write_text(json.dumps(current))
-                else:
-                    if entry.exists():  # damaged: replaced (a job still using it keeps its mount)
-                        entry.rename(trash)
-                    entry.parent.mkdir(parents=True, exist_ok=True)
-                    os.chmod(entry.parent, 0o755)
-                    os.chmod(entry.parent.parent, 0o755)
-                    tmp.rename(entry)
-            self._lease(entry, stack)
-            return entry
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(trash, ignore_errors=True)
-
-    def evict(self) -> list[Path]:
-        """Removes the least recently used entries not in use until the cache fits its bound."""
-        removed = []
-        with self._locked():
-            entries = []
-            for meta_path in (self.root / "entries").glob(f"*/*/*/{META}"):
-                try:
-                    entries.append((meta_path.stat().st_mtime, json.loads(meta_path.read_text())["size"], meta_path.parent))
-                except (OSError, ValueError, KeyError):
-                    entries.append((0.0, 0, meta_path.parent))
-            total = sum(size for _, size, _ in entries)
-            for _, size, entry in sorted(entries, key=lambda e: e[0]):
-                if total <= self.max_bytes:
-                    break
-                with open(entry / INUSE, "a") as f:
-                    try:
-                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue  # a running job uses it
-                    trash = self.root / "tmp" / uuid.uuid4().hex
-                    entry.rename(trash)
-                shutil.rmtree(trash, ignore_errors=True)
-                for parent in (entry.parent, entry.parent.parent):  # the version's and id's folders, if empty
-                    try:
-                        parent.rmdir()
-                    except OSError:
-                        break
-                total -= size
-                removed.append(entry)
-        return removed
-
-
-def _readable(path: Path) -> None:
-    """The sandbox's unprivileged user reads packages through a read-only mount."""
-    for dirpath, dirnames, filenames in os.walk(path):
-        os.chmod(dirpath, 0o755)
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), 0o644)
-
-
-# ---- the restore --------------------------------------------------------------------------------
 
 @dataclass
 class _Resolution:
@@ -266,6 +156,8 @@ class _Resolution:
     cache: Cache
     feeds: list[Feed]
     stack: ExitStack
+    budget: Budget
+    report: object  #: called with what the restore is doing, for the message if it is killed
     identities: dict[int, str] = field(default_factory=dict)
     packages: dict[str, Package] = field(default_factory=dict)  #: by lower-case id
     direct: set[str] = field(default_factory=set)
@@ -274,23 +166,33 @@ class _Resolution:
     def feeds_label(self) -> str:
         return ", ".join(f.label for f in self.feeds)
 
+    def timed_out(self, doing: str) -> RestoreError:
+        return RestoreError(f"error NU1301: the restore timed out after {self.spec.timeout_s:g} s "
+                            f"({TIMEOUT_SETTING}) while {doing}")
+
     def cached(self, package_id: str, wanted: VersionRange) -> tuple[Version, Path] | None:
         """A cached entry that is exactly what the range would pick, without asking the feeds:
         its lowest bound, when inclusive (an exact version or a bare minimum)."""
         if wanted.float_prefix is not None or wanted.low is None or not wanted.low_inclusive:
             return None
-        entry = self.cache.find(package_id, wanted.low, set(self.identities.values()), self.stack)
+        entry = self.cache.find(package_id, wanted.low, set(self.identities.values()), self.stack, self.budget)
         return (wanted.low, entry) if entry else None
 
     def versions(self, package_id: str) -> dict[Version, Feed]:
         found: dict[Version, Feed] = {}
         errors = []
         for feed in self.feeds:
+            doing = f"reading the versions of {package_id} from feed {feed.label}"
+            self.report(doing)
             try:
                 for v in feed.versions(package_id):
                     found.setdefault(v, feed)
+            except Timeout:
+                raise self.timed_out(doing) from None
             except FeedError as e:
                 errors.append(f"feed {feed.label}: {e}")
+            except BudgetError as e:
+                raise RestoreError(f"error NU1000: cannot restore {package_id} from feed {feed.label}: {e}") from None
         if not found and errors:
             raise RestoreError(f"error NU1301: cannot restore {package_id}: " + "; ".join(errors))
         if not found:
@@ -298,7 +200,10 @@ class _Resolution:
         return found
 
     def fetch(self, package_id: str, wanted: VersionRange) -> Package:
-        hit = self.cached(package_id, wanted)
+        try:
+            hit = self.cached(package_id, wanted)
+        except BudgetError as e:
+            raise RestoreError(f"error NU1000: cannot restore {package_id} {wanted.low} from the cache: {e}") from None
         if hit:
             version, entry = hit
         else:
@@ -309,37 +214,125 @@ class _Resolution:
                 raise RestoreError(f"error NU1102: package {package_id} has no version matching {wanted} "
                                    f"on {self.feeds_label()} (newest: {newest})")
             feed = available[version]
-            entry = self.cache.find(package_id, version, {self.identities[id(feed)]}, self.stack)
+            try:
+                entry = self.cache.find(package_id, version, {self.identities[id(feed)]}, self.stack, self.budget)
+            except BudgetError as e:
+                raise RestoreError(f"error NU1000: cannot restore {package_id} {version} from the cache: {e}") from None
             if entry is None:
                 entry = self.download(feed, package_id, version)
-        meta = json.loads((entry / META).read_text())
-        real_id = meta["id"]
-        nuspec = next(parse_nuspec(p.read_bytes()) for p in entry.iterdir() if p.suffix.lower() == ".nuspec")
-        frameworks = {n.split("/")[1] if n.count("/") >= 2 else "" for n in meta["files"] if n.lower().startswith("lib/")}
+        meta = read_meta(entry)
+        nuspec_path = next((p for p in entry.iterdir() if p.suffix.lower() == ".nuspec"), None)
+        if meta is None or nuspec_path is None:
+            raise RestoreError(f"error NU1403: package {package_id} {version}: its cache entry is unreadable")
+        try:
+            nuspec = parse_nuspec(nuspec_path.read_bytes())
+        except PackageError as e:
+            raise RestoreError(f"error NU1403: package {package_id} {version} is unusable: {e}") from None
+        real_id = str(meta.get("id", package_id))
+        files = [n for n in meta["files"] if n.startswith("lib/")]
+        frameworks = {n.split("/")[1] if n.count("/") >= 2 else "" for n in files}
         framework = best_framework(frameworks, self.spec.target) if frameworks else None
         if frameworks and framework is None:
             raise RestoreError(f"error NU1202: package {real_id} {version} has no assemblies this agent type "
                                f"can load ({self.spec.target}); it offers {', '.join(sorted(f or 'lib/' for f in frameworks))}")
-        return Package(real_id, version, entry, framework, nuspec.dependencies(self.spec.target))
+        folder = f"lib/{framework}/" if framework else "lib/"
+        dlls = tuple(sorted(n[len(folder):] for n in files if n.startswith(folder) and "/" not in n[len(folder):]
+                            and n.lower().endswith(".dll")))
+        return Package(real_id, version, entry, framework, nuspec.dependencies(self.spec.target), dlls)
 
     def download(self, feed: Feed, package_id: str, version: Version) -> Path:
+        what = f"package {package_id} {version} from feed {feed.label}"
+        self.report(f"downloading {what}")
+        path = self.cache.temporary(".nupkg")
         try:
-            data = feed.download(package_id, version)
+            with open(path, "wb") as f:
+                out = _Hashing(f)
+                feed.download(package_id, version, out)
+            self.report(f"extracting {what}")
+            archive = Archive(path, self.spec.max_extract_mb << 20)
+            try:
+                nuspec = archive.read_nuspec()
+                if nuspec.id.lower() != package_id.lower() or nuspec.version != version:
+                    raise PackageError(f"it is {nuspec.id} {nuspec.version}, not what was asked for")
+                names = [archive.nuspec_name] + [n for n in archive.names if n.startswith("lib/")]
+                return self.cache.install(nuspec.id, version, out.sha512.hexdigest(), self.identities[id(feed)],
+                                          archive, names, self.stack, self.budget)
+            finally:
+                archive.close()
+        except Timeout:
+            raise self.timed_out(f"downloading {what}") from None
         except FeedError as e:
             raise RestoreError(f"error NU1301: cannot download {package_id} {version} from feed {feed.label}: {e}") from None
-        what = f"package {package_id} {version} from feed {feed.label}"
-        try:
-            archive = Archive(data, self.spec.max_extract_mb << 20)
-            nuspec = archive.read_nuspec()
-            if nuspec.id.lower() != package_id.lower() or nuspec.version != version:
-                raise PackageError(f"it is {nuspec.id} {nuspec.version}, not what was asked for")
-            names = [archive.nuspec_name] + [n for n in archive.names if n.lower().startswith("lib/")]
-            return self.cache.install(nuspec.id, version, data, self.identities[id(feed)], archive, names, self.stack)
+        except BudgetError as e:
+            raise RestoreError(f"error NU1000: cannot restore {what}: {e}") from None
         except PackageError as e:
             raise RestoreError(f"error NU1403: {what} is unusable: {e}") from None
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
-            raise RestoreError(f"error NU1403: {what} is unusable: corrupt archive ({type(e).__name__})") from None
+        finally:
+            path.unlink(missing_ok=True)
 
+
+def _resolve(script_refs: list[Reference], spec: NuGetSpec, cache: Cache, deadline: float, stack: ExitStack,
+             report) -> dict:
+    """Restores the references and their dependencies into the cache, leased in `stack`; what
+    the parent needs to lease and use them, as JSON."""
+    budget = spec.budget()
+    policy = Policy(allow=spec.allow, max_package_bytes=spec.max_package_mb << 20, deadline=deadline, budget=budget)
+    feeds = []
+    for source in spec.sources:
+        try:
+            feeds.append(feed_for(source, policy))
+        except FeedError as e:
+            raise RestoreError(f"error NU1301: package source '{source.key}' cannot be used: {e}") from None
+    res = _Resolution(spec, cache, feeds, stack, budget, report, {id(f): source_identity(f.source) for f in feeds})
+    queue = deque((r.id, r.range, None) for r in script_refs)
+    res.direct = {r.id.lower() for r in script_refs}
+    while queue:
+        package_id, wanted, parent = queue.popleft()
+        key = package_id.lower()
+        have = res.packages.get(key)
+        if have is not None and wanted.satisfies(have.version):
+            continue
+        if have is not None and (key in res.direct or parent is None):  # the script's own choice wins
+            res.warnings.append(f"warning NU1608: {have.id} {have.version} is outside the range {wanted} "
+                                f"that {parent or 'the script'} asks for")
+            continue
+        try:
+            budget.package()
+        except BudgetError as e:
+            raise RestoreError(f"error NU1000: cannot restore {package_id}{f' (for {parent})' if parent else ''}: {e}") from None
+        picked = res.fetch(package_id, wanted)
+        if have is not None and picked.version < have.version:
+            raise RestoreError(f"error NU1107: version conflict for {have.id}: {parent} needs {wanted}, "
+                               f"another package needs {have.version}")
+        res.packages[key] = picked
+        for dep in picked.dependencies:
+            queue.append((dep.id, dep.range, f"{picked.id} {picked.version}"))
+    report("making room in the package cache")
+    cache.evict()
+    return {"packages": [{"id": p.id, "version": str(p.version), "path": str(p.path), "framework": p.framework,
+                          "dlls": list(p.dlls)} for p in res.packages.values()],
+            "warnings": res.warnings}
+
+
+def _child_main() -> None:
+    """The restore's process (see nuget_process): one request, its answers, then it waits for the
+    parent to lease what it restored before it lets its own leases go."""
+    (script_refs, spec, job, deadline), answer, wait_for_parent = nuget_process.child_request()
+    with ExitStack() as stack:
+        try:
+            cache = Cache(spec.cache_dir, spec.cache_mb << 20, job)
+            result = {"restored": _resolve(script_refs, spec, cache, deadline, stack, lambda d: answer({"doing": d}))}
+        except RestoreError as e:
+            result = {"error": str(e)}
+        except Exception as e:  # a bug, or a case not foreseen: the job's failure still, told plainly
+            traceback.print_exc()
+            result = {"error": f"error NU1000: the restore failed unexpectedly ({type(e).__name__}); "
+                               "the node's log has the details"}
+        answer(result)
+        wait_for_parent()
+
+
+# ---- on the node ----------------------------------------------------------------------------------
 
 @contextmanager
 def restore(script_refs: list[Reference], spec: NuGetSpec):
@@ -348,35 +341,60 @@ def restore(script_refs: list[Reference], spec: NuGetSpec):
     if not spec.sources:
         raise RestoreError("error NU1100: the script references packages but the job has no package "
                            "sources: give jobConfig.nugetConfigXml with <packageSources>")
-    policy = Policy(allow=spec.allow, max_package_bytes=spec.max_package_mb << 20,
-                    deadline=time.monotonic() + spec.timeout_s)
-    cache = Cache(spec.cache_dir, spec.cache_mb << 20)
     with ExitStack() as stack:
-        feeds = [feed_for(s, policy) for s in spec.sources]
-        res = _Resolution(spec, cache, feeds, stack, {id(f): source_identity(f.source) for f in feeds})
-        queue = deque((r.id, r.range, None) for r in script_refs)
-        res.direct = {r.id.lower() for r in script_refs}
-        while queue:
-            package_id, wanted, parent = queue.popleft()
-            key = package_id.lower()
-            have = res.packages.get(key)
-            if have is not None:
-                if wanted.satisfies(have.version):
-                    continue
-                if key in res.direct or parent is None:  # the script's own choice wins
-                    res.warnings.append(f"warning NU1608: {have.id} {have.version} is outside the range {wanted} "
-                                        f"that {parent or 'the script'} asks for")
-                    continue
-                picked = res.fetch(package_id, wanted)
-                if picked.version < have.version:
-                    raise RestoreError(f"error NU1107: version conflict for {have.id}: {parent} needs {wanted}, "
-                                       f"another package needs {have.version}")
-            else:
-                picked = res.fetch(package_id, wanted)
-            res.packages[key] = picked
-            if len(res.packages) > MAX_PACKAGES:
-                raise RestoreError(f"error NU1000: more than {MAX_PACKAGES} packages to restore")
-            for dep in picked.dependencies:
-                queue.append((dep.id, dep.range, f"{picked.id} {picked.version}"))
-        cache.evict()
-        yield Restored(tuple(res.packages.values()), tuple(res.warnings))
+        restored = _restore_in_child(script_refs, spec, stack)
+        yield restored
+
+
+def _restore_in_child(script_refs: list[Reference], spec: NuGetSpec, stack: ExitStack) -> Restored:
+    deadline = time.monotonic() + spec.timeout_s
+    # the child's own deadline comes a little earlier: then its message says what it was reading
+    child_deadline = deadline - min(1.0, spec.timeout_s / 10)  # CLOCK_MONOTONIC: the same in every process
+    cache, doing = None, "starting"
+    try:
+        cache = Cache(spec.cache_dir, spec.cache_mb << 20)
+        with nuget_process.Child(_CHILD, (script_refs, spec, cache.job, child_deadline), deadline,
+                                 spec.restore_cpus, spec.restore_memory_mb << 20) as child:
+            for answer in child.answers():
+                if "doing" in answer:
+                    doing = str(answer["doing"])[:300]
+                elif "error" in answer:
+                    raise RestoreError(str(answer["error"])[:4000])
+                else:
+                    return _leased(answer.get("restored"), cache, stack)
+    except nuget_process.TimedOut:
+        raise RestoreError(f"error NU1301: the restore timed out after {spec.timeout_s:g} s ({TIMEOUT_SETTING}) "
+                           f"while {doing}") from None
+    except nuget_process.Died as e:
+        if e.out_of_memory:
+            raise RestoreError(f"error NU1000: the restore needed more than its {spec.restore_memory_mb} MiB "
+                               f"of memory while {doing}") from None
+        raise RestoreError(f"error NU1000: the restore failed unexpectedly while {doing}: {e}") from None
+    except RestoreError:
+        raise
+    except Exception:
+        log.exception("restore failed unexpectedly")
+        raise RestoreError("error NU1000: the restore failed unexpectedly; the node's log has the details") from None
+    finally:
+        if cache is not None:
+            cache.clean()
+
+
+def _leased(restored, cache: Cache, stack: ExitStack) -> Restored:
+    """The child's answer as a Restored, its entries leased by this process. The child handled
+    hostile data, so its answer is checked: entries in the cache, plain file names."""
+    entries = (cache.root / "entries").resolve()
+    try:
+        packages = []
+        for p in restored["packages"]:
+            path = Path(p["path"])
+            framework, dlls = p["framework"], tuple(p["dlls"])
+            if (entries not in path.resolve().parents or not (framework is None or isinstance(framework, str))
+                    or any(not isinstance(n, str) or "/" in n or n in ("", ".", "..") for n in (*dlls, framework or "x"))):
+                raise ValueError(f"an unexpected entry {str(path)[:200]!r}")
+            if not cache.lease(path, stack):
+                raise RestoreError(f"error NU1000: the cache entry of {p['id']} {p['version']} was evicted; try again")
+            packages.append(Package(str(p["id"]), Version.parse(p["version"]), path, framework, dlls=dlls))
+        return Restored(tuple(packages), tuple(str(w) for w in restored["warnings"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise nuget_process.Died(f"its answer is unusable ({e})") from None

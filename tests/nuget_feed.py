@@ -1,7 +1,10 @@
 """A real NuGet feed for the tests: packages compiled with the sandbox image's mcs and packed with
 their .nuspec, served over HTTP on loopback as a v3 feed (service index + flat container), a v2
 feed (FindPackagesById + package download, which redirects like real v2 feeds do) and a private
-v3 feed that wants Basic credentials. It counts every .nupkg it hands out."""
+v3 feed that wants Basic credentials. It counts every .nupkg it hands out.
+
+`serve_raw` is a hostile feed instead: a function writes each answer's bytes itself (a trickle,
+JSON of the wrong shape, a redirect elsewhere), and every request's headers are kept."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import base64
 import io
 import json
 import re
+import socketserver
 import subprocess
 import threading
 import zipfile
@@ -193,6 +197,57 @@ def serve(packages: dict[tuple[str, str], bytes]):
     feed = Feed(packages)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(feed))
     feed.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield feed
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def response(status: int, body: bytes = b"", headers=(), kind: str = "application/json") -> bytes:
+    """An HTTP/1.1 answer as bytes (it closes the connection)."""
+    head = [f"HTTP/1.1 {status} X", f"Content-Type: {kind}", f"Content-Length: {len(body)}", "Connection: close",
+            *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def v3_index(base: str) -> bytes:
+    return json.dumps({"version": "3.0.0", "resources": [
+        {"@id": f"{base}/flat/", "@type": "PackageBaseAddress/3.0.0"}]}).encode()
+
+
+class RawFeed:
+    def __init__(self):
+        self.url = ""
+        self.requests: list[tuple[str, dict[str, str]]] = []  #: (path, headers) of every request
+
+
+@contextmanager
+def serve_raw(respond, host: str = "127.0.0.1"):
+    """A feed on loopback whose answers `respond(feed, path, wfile)` writes, byte by byte if it likes."""
+    feed = RawFeed()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            try:
+                path = self.rfile.readline(65536).decode("latin-1").split(" ")[1]
+                headers = {}
+                while (line := self.rfile.readline(65536).decode("latin-1").strip()):
+                    k, _, v = line.partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                feed.requests.append((unquote(path), headers))
+                respond(feed, unquote(path), self.wfile)
+            except (OSError, IndexError):
+                pass  # the client gave up (a restore past its deadline): nothing to answer
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        block_on_close = False
+
+    server = Server((host, 0), Handler)
+    feed.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
