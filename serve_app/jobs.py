@@ -49,7 +49,7 @@ def _fetched(svc: Services, job_id: str) -> Job:
 
 @router.post(
     "", status_code=201, response_model=JobCreated,
-    responses={200: {"model": JobCreated, "description": "the requestId was seen before: the existing job"},
+    responses={200: {"model": JobCreated, "description": "this sender's requestId was seen before: the existing job"},
                400: {"model": Message, "description": "invalid request"},
                413: {"model": Message, "description": "script, or the whole request, too large"}},
 )
@@ -72,8 +72,9 @@ async def create_job(body: JobRequest, response: Response, svc: Services = Depen
     job, created = await asyncio.to_thread(svc.store.create, body)
     if not created:
         response.status_code = status.HTTP_200_OK
-        log.info("job %s repeated requestId: not run again", job.id)
+        log.info("job %s repeated requestId of its sender: not run again", job.id)
         return JobCreated(job_id=job.id)
+    # one line whatever the client sent: agentType is one of ours, senderId has no control characters
     log.info("job %s PENDING agentType=%s sender=%s script=<CONTENT OMITTED>", job.id, job.agent_type, job.sender_id)
     svc.dispatcher.kick()  # the job is in the queue (the database); the dispatcher takes it from there
     return JobCreated(job_id=job.id)

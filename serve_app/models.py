@@ -3,14 +3,18 @@
 JSON field names are camelCase, as in the original Java service.
 """
 
+import json
+import re
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
+)
 from pydantic.alias_generators import to_camel
-from sqlmodel import Column, DateTime, Field as SQLField, SQLModel, Text
+from sqlmodel import Column, DateTime, Field as SQLField, Index, SQLModel, Text
 
 
 def utcnow() -> datetime:
@@ -56,10 +60,29 @@ def _storable(text: str) -> str:
     return text
 
 
+#: control characters (Unicode's Cc: C0, DEL, C1 with U+0085) and the line and paragraph separators:
+#: what could end a log line, or start a forged one
+CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{CONTROL}]")
+
+
+def _no_control(value):
+    """Refuses control characters with a message naming the first (the pattern alone would say
+    only that it does not match)."""
+    found = _CONTROL.search(value) if isinstance(value, str) else None
+    if found:
+        raise ValueError(f"must not contain control characters or line breaks (found U+{ord(found.group()):04X})")
+    return value
+
+
 NO_NUL = r"^[^\x00]*$"
 NON_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  #: some non-space character, and no NUL (the schema says so too)
+#: some non-space character, and no control character: text that goes into log lines
+PRINTABLE_NON_BLANK = rf"^[^{CONTROL}]*[^\s{CONTROL}][^{CONTROL}]*$"
 Storable = AfterValidator(_storable)
-NonBlank36 = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=NON_BLANK), Storable]
+#: a client's identifier (senderId, requestId): it is logged, so one line of text
+Identifier36 = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=PRINTABLE_NON_BLANK), Storable,
+                         BeforeValidator(_no_control)]
 
 
 #: the least of each limit a sandbox can have, for the deployment's settings and a job's own: Docker
@@ -118,8 +141,10 @@ class JobRequest(ApiModel):
                              '<add key="feed" value="https://FEED/v3/index.json" /></packageSources></configuration>')}}},
         ]},
     )
-    request_id: NonBlank36 = Field(description="idempotency key, at most 36 characters: a repeated requestId returns the existing job and does not run it again")
-    sender_id: NonBlank36 = Field(description="who sends the job, at most 36 characters")
+    request_id: Identifier36 = Field(description=(
+        "idempotency key, at most 36 characters, no control characters: a requestId the same sender "
+        "repeats returns the existing job and does not run it again; another sender's is another job"))
+    sender_id: Identifier36 = Field(description="who sends the job, at most 36 characters, no control characters")
     payload: Payload
 
 
@@ -141,9 +166,20 @@ class JobResult(ApiModel):
     duration_ms: Optional[int] = Field(None, description="finishedAt - startedAt in milliseconds")
 
 
+#: what a requestId is unique within: idempotency is per sender, never global (a guessed requestId
+#: answered with another sender's job). API keys, once they exist, add their column here (NOT NULL:
+#: a unique index takes NULLs as all different); the store moves an existing database's index along.
+IDEMPOTENCY_SCOPE = ("sender_id",)
+IDEMPOTENCY_COLUMNS = (*IDEMPOTENCY_SCOPE, "request_id")
+IDEMPOTENCY_INDEX = "ux_job_" + "_".join(IDEMPOTENCY_COLUMNS)
+
+
 class Job(SQLModel, table=True):
+    #: the unique index makes idempotency hold under races
+    __table_args__ = (Index(IDEMPOTENCY_INDEX, *IDEMPOTENCY_COLUMNS, unique=True),)
+
     id: uuid.UUID = SQLField(default_factory=uuid.uuid4, primary_key=True)
-    request_id: str = SQLField(max_length=36, unique=True, index=True)  #: the unique index makes idempotency hold under races
+    request_id: str = SQLField(max_length=36)
     sender_id: str = SQLField(max_length=36)
     agent_type: str = SQLField(max_length=64)
     request_json: str = SQLField(sa_column=Column(Text, nullable=False))
@@ -162,7 +198,16 @@ class Job(SQLModel, table=True):
     fetched_at: Optional[datetime] = SQLField(default=None, index=True, sa_type=DateTime(timezone=True))
 
     def request(self) -> JobRequest:
-        return JobRequest.model_validate_json(self.request_json)
+        try:
+            return JobRequest.model_validate_json(self.request_json)
+        except ValidationError:
+            # stored before identifiers were checked for control characters: shown, and run, with
+            # each replaced by U+FFFD (same length, never blank)
+            data = json.loads(self.request_json)
+            for key in ("requestId", "senderId"):
+                if isinstance(data.get(key), str):
+                    data[key] = _CONTROL.sub("\ufffd", data[key])
+            return JobRequest.model_validate(data)
 
     def result(self) -> Optional[JobResult]:
         return JobResult.model_validate_json(self.result_json) if self.result_json else None

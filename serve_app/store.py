@@ -8,7 +8,7 @@ from sqlalchemy import and_, delete, event, func, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from serve_app.models import Job, JobRequest, JobResult, JobStatus, utcnow
+from serve_app.models import IDEMPOTENCY_COLUMNS, IDEMPOTENCY_INDEX, Job, JobRequest, JobResult, JobStatus, utcnow
 
 #: transitions a job may make; anything else is ignored (e.g. a late result for a REJECTED job)
 TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
@@ -39,6 +39,33 @@ ADDED_COLUMNS = {
 }
 
 
+#: the PostgreSQL advisory lock (any fixed key) held while the schema is brought up to date: replicas start at once
+SCHEMA_LOCK = 0x6A6F62_73636865
+
+
+def migrate_idempotency_index(engine) -> None:
+    """Makes the unique index of a requestId the one over IDEMPOTENCY_COLUMNS, and drops any other
+    unique index or constraint over request_id: databases from before idempotency was per sender
+    have one over request_id alone, which answered one sender's requestId with another's job. The
+    new index comes first, so that a request never finds neither. Idempotent."""
+    table, want = Job.__tablename__, list(IDEMPOTENCY_COLUMNS)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        schema = inspect(conn)
+        # an index that backs a constraint is dropped with the constraint, below
+        unique = [i for i in schema.get_indexes(table) if i["unique"] and not i.get("duplicates_constraint")]
+        if not any(i["column_names"] == want for i in unique):
+            conn.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {IDEMPOTENCY_INDEX} ON {table} ({', '.join(want)})"))
+        for i in unique:
+            if "request_id" in i["column_names"] and i["column_names"] != want:
+                conn.execute(text(f'DROP INDEX IF EXISTS "{i["name"]}"'))
+        if conn.dialect.name != "sqlite":  # SQLite cannot drop a constraint (and no version of ours made one)
+            for c in schema.get_unique_constraints(table):
+                if "request_id" in c["column_names"] and c["column_names"] != want:
+                    conn.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{c["name"]}"'))
+
+
 class JobStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
@@ -48,9 +75,11 @@ class JobStore:
             for name, ddl in ADDED_COLUMNS.items():
                 if name not in have:
                     conn.execute(text(f"ALTER TABLE {Job.__tablename__} ADD COLUMN {name} {ddl}"))
+        migrate_idempotency_index(self.engine)
 
     def create(self, request: JobRequest) -> tuple[Job, bool]:
-        """Stores a new job, or returns the existing one for a repeated requestId (created=False)."""
+        """Stores a new job, or returns the existing one for a requestId repeated within its
+        idempotency scope (the same sender; created=False)."""
         job = Job(
             request_id=request.request_id, sender_id=request.sender_id,
             agent_type=request.payload.agent_type,
@@ -63,14 +92,16 @@ class JobStore:
                 return job, True
             except IntegrityError:
                 s.rollback()
-        existing = self.by_request_id(request.request_id)
+        existing = self.same_request(job)
         if existing is None:  # the other insert was rolled back or deleted meanwhile
             raise RuntimeError("requestId conflict without a stored job")
         return existing, False
 
-    def by_request_id(self, request_id: str) -> Optional[Job]:
+    def same_request(self, job: Job) -> Optional[Job]:
+        """The stored job with `job`'s requestId in its idempotency scope (IDEMPOTENCY_COLUMNS)."""
         with Session(self.engine, expire_on_commit=False) as s:
-            return s.exec(select(Job).where(Job.request_id == request_id)).first()
+            same = (getattr(Job, c) == getattr(job, c) for c in IDEMPOTENCY_COLUMNS)
+            return s.exec(select(Job).where(*same)).first()
 
     def get(self, job_id: uuid.UUID) -> Optional[Job]:
         with Session(self.engine, expire_on_commit=False) as s:

@@ -119,6 +119,21 @@ def test_concurrent_duplicates_make_one_job_and_one_run(client, jobs):
     assert len(created) == 1
 
 
+def test_a_request_id_is_idempotent_per_sender_not_globally(client):
+    """A requestId another sender used (guessed: the README's is `request-1`) is a new job, never the other's."""
+    rid = str(uuid.uuid4())
+    alice = client.post("/jobs", json=body(requestId=rid, senderId="alice"))
+    bob = client.post("/jobs", json=body(requestId=rid, senderId="bob"))
+    assert (alice.status_code, bob.status_code) == (201, 201), (alice.text, bob.text)
+    assert alice.json()["jobId"] != bob.json()["jobId"]
+    for sender, first in (("alice", alice), ("bob", bob)):
+        again = client.post("/jobs", json=body(requestId=rid, senderId=sender))
+        assert again.status_code == 200 and again.json() == first.json()
+        request = client.get(f"/jobs/{first.json()['jobId']}/request").json()["request"]
+        assert request["senderId"] == sender
+        client.delete(f"/jobs/{first.json()['jobId']}")
+
+
 def test_result_fields(jobs):
     job = jobs.run('Console.Write("abc");')
     r = job["result"]
@@ -301,6 +316,26 @@ def test_text_a_database_cannot_store_is_a_400(client, field, value):
     r = client.post("/jobs", content=json.dumps(b), headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert field in r.json()["message"]
+
+
+@pytest.mark.parametrize("char", ["\n", "\r", "\x00", "\x1b", "\x85", "\u2028", "\u2029"])
+@pytest.mark.parametrize("field", ["senderId", "requestId"])
+def test_control_characters_in_identifiers_are_a_400(client, field, char):
+    r = client.post("/jobs", content=json.dumps(body(**{field: f"a{char}b"})),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert message.startswith(f"invalid request: {field}: ") and "control characters" in message, message
+
+
+def test_a_client_cannot_forge_a_log_line(service, client):
+    forged = f"FORGED{uuid.uuid4().hex[:16]}"  # with the rest, within the 36 characters
+    for field in ("senderId", "requestId"):
+        for sep in ("\n", "\r", "\u2028"):
+            r = client.post("/jobs", json=body(**{field: f"x{sep}{forged} INFO"}))
+            assert r.status_code == 400, r.text
+    time.sleep(1)
+    assert forged not in service.log.read_text(errors="replace")
 
 
 def test_a_job_asking_for_more_than_its_agent_type_allows_is_a_400(client):

@@ -1,11 +1,14 @@
 """The job store on a real SQLite file: idempotency by unique constraint, legal transitions only."""
 
+import json
 import threading
 import uuid
 
 import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlmodel import Session
 
-from serve_app.models import FinishedWith, JobRequest, JobResult, JobStatus
+from serve_app.models import IDEMPOTENCY_INDEX, FinishedWith, Job, JobRequest, JobResult, JobStatus
 from serve_app.store import JobStore
 
 
@@ -21,9 +24,9 @@ def store(store_url):
     return JobStore(store_url)
 
 
-def request(rid=None) -> JobRequest:
+def request(rid=None, sender="s") -> JobRequest:
     rid = rid or str(uuid.uuid4())
-    return JobRequest.model_validate({"requestId": rid, "senderId": "s",
+    return JobRequest.model_validate({"requestId": rid, "senderId": sender,
                                       "payload": {"script": "x", "agentType": "linux-amd64-mono-6"}})
 
 
@@ -34,22 +37,32 @@ def test_repeated_request_id_gives_the_existing_job(store):
     assert created_a and not created_b and a.id == b.id
 
 
-def test_concurrent_creates_make_one_job(store):
+def test_a_request_id_is_unique_per_sender_not_globally(store):
+    rid = str(uuid.uuid4())
+    a, created_a = store.create(request(rid, sender="alice"))
+    b, created_b = store.create(request(rid, sender="bob"))  # bob guessed, or chose, alice's requestId
+    assert created_a and created_b and a.id != b.id
+    again, created = store.create(request(rid, sender="bob"))
+    assert not created and again.id == b.id and again.sender_id == "bob"
+
+
+def test_concurrent_creates_make_one_job_per_sender(store):
     results = []
     barrier = threading.Barrier(10)
     rid = str(uuid.uuid4())
 
-    def go():
+    def go(sender: str):
         barrier.wait()
-        results.append(store.create(request(rid)))
+        results.append(store.create(request(rid, sender)))
 
-    threads = [threading.Thread(target=go) for _ in range(10)]
+    threads = [threading.Thread(target=go, args=("ab"[i % 2],)) for i in range(10)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sum(created for _, created in results) == 1
-    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 2
+    assert {job.sender_id: job.id for job, _ in results} == {
+        job.sender_id: job.id for job, created in results if created}  # each sender's requests: its one job
 
 
 def test_lifecycle_and_illegal_steps(store):
@@ -134,3 +147,44 @@ def test_racing_claims_and_transitions_have_one_winner(store):
     assert sorted(claims, key=str) == [1] + [None] * 7  # handed to Ray once, as its first attempt
     winners = [status for status, won in ends if won]
     assert len(winners) == 1 and store.get(job.id).status == winners[0]
+
+
+#: the unique index every release before per-sender idempotency made (SQLModel's unique=True, index=True)
+OLD_INDEX = "CREATE UNIQUE INDEX ix_job_request_id ON job (request_id)"
+
+
+@pytest.mark.parametrize("shape", ["index", "constraint"])
+def test_a_database_with_a_global_request_id_index_becomes_per_sender(new_database, shape):
+    if shape == "constraint" and new_database.kind == "sqlite":
+        pytest.skip("SQLite cannot add a constraint to a table, nor drop one (and no release made one)")
+    url = new_database(f"old_idempotency_{shape}")
+    rid = str(uuid.uuid4())
+    first, _ = JobStore(url).create(request(rid, sender="alice"))
+    engine = create_engine(url)
+    with engine.begin() as db:  # as an earlier release left it, with a job in it
+        db.execute(text(f"DROP INDEX {IDEMPOTENCY_INDEX}"))
+        db.execute(text(OLD_INDEX if shape == "index" else
+                        "ALTER TABLE job ADD CONSTRAINT job_request_id_key UNIQUE (request_id)"))
+    engine.dispose()
+
+    JobStore(url)  # the service starts on it
+    store = JobStore(url)  # and again: nothing left to do
+    bobs, created = store.create(request(rid, sender="bob"))
+    assert created and bobs.id != first.id
+    assert store.create(request(rid, sender="alice"))[0].id == first.id
+    assert store.create(request(rid, sender="bob"))[0].id == bobs.id
+    schema = inspect(store.engine)
+    unique = [(i["name"], i["column_names"]) for i in schema.get_indexes("job") if i["unique"]]
+    unique += [(c["name"], c["column_names"]) for c in schema.get_unique_constraints("job")]
+    assert [columns for _, columns in unique if "request_id" in columns] == [["sender_id", "request_id"]], unique
+
+
+def test_a_request_stored_with_control_characters_still_reads_back(store):
+    """Stored before identifiers were checked: shown (and run) with U+FFFD, never a 500 or a stuck queue."""
+    job, _ = store.create(request())
+    with Session(store.engine) as s:
+        row = s.get(Job, job.id)
+        row.request_json = json.dumps({**json.loads(row.request_json), "senderId": "evil\nINFO forged"})
+        s.add(row)
+        s.commit()
+    assert store.get(job.id).request().sender_id == "evil\ufffdINFO forged"
