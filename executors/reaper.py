@@ -11,8 +11,8 @@ import logging
 import subprocess
 import time
 
-from executors import runsc
-from executors.sandbox import LABEL
+from executors import network, runsc
+from executors.sandbox import LABEL, engine
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def reap(everything: bool = False, dead_nodes: set[str] = frozenset()) -> list[s
         runsc.forget(cid)
     runsc.forget_dead_jobs()
     runsc.prune_cgroups()
+    network.remove_unused_networks(engine())  # those whose sandbox went without removing them
     if doomed or alone:
         log.info("reaped %d sandbox containers", len(doomed) + len(alone))
     return doomed + alone

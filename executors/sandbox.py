@@ -24,7 +24,7 @@ import requests
 from docker.errors import DockerException
 
 from executors import runsc
-from executors.network import NETWORK as EGRESS_NETWORK, ensure_egress
+from executors.network import NetworkError, create_network, remove_network
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def labels(spec: SandboxSpec) -> dict[str, str]:
             **({f"{LABEL}.node": spec.node_id} if spec.node_id else {})}
 
 
-def container_config(spec: SandboxSpec, gvisor_netns: bool = False, node_cpus: int | None = None) -> dict:
+def container_config(spec: SandboxSpec, gvisor_netns: bool = False, node_cpus: int | None = None,
+                     egress_network: str = "") -> dict:
     """The Docker Engine API's body for creating a spec's container (`POST /containers/create`,
     named `spec.name`): what `docker run --interactive` with the same options would send.
 
@@ -136,12 +137,16 @@ def container_config(spec: SandboxSpec, gvisor_netns: bool = False, node_cpus: i
     name server) instead of copies of the host's.
 
     `node_cpus` (default: this machine's): Docker refuses a CPU quota above them, and up to all of
-    them is the same limit there, so a quota above is lowered to them."""
+    them is the same limit there, so a quota above is lowered to them.
+
+    `egress_network`: the sandbox's own network (executors/network.py), for network "egress"."""
     lim = spec.limits
     runtime, network = spec.runtime, "none"
     mounts = list(spec.mounts)
     if spec.network == "egress":
-        network = EGRESS_NETWORK
+        if not egress_network:
+            raise ValueError("an egress sandbox needs its network")
+        network = egress_network
         if runtime == "runsc":  # gVisor's netstack cannot run here: use the container's netns
             runtime = "runsc-host-net"
     elif gvisor_netns and runtime == "runsc":
@@ -440,6 +445,8 @@ def remove_container(name: str) -> None:
         engine().remove_container(name, v=True, force=True)
     except DockerException:
         pass  # gone already, or its removal is under way
+    except requests.RequestException as e:  # Docker too slow: the reaper removes it later
+        log.warning("sandbox %s not removed yet: %s", name, type(e).__name__)
 
 
 def stop_job_sandbox(job_id: str) -> None:
@@ -452,9 +459,8 @@ class Sandbox:
     started ahead of time it is what the warm pool holds (executors/pool.py)."""
 
     def __init__(self, spec: SandboxSpec):
-        if spec.network == "egress":
-            ensure_egress(spec.egress_allow)
         self.spec, self.name = spec, spec.name
+        self.egress = ""  #: its own Docker network, for network "egress"; removed with it
         self.created = time.monotonic()
         self.runsc = via_runsc(spec)
         if self.runsc:
@@ -464,7 +470,15 @@ class Sandbox:
                 raise SandboxError(f"sandbox could not be prepared: {e}") from None
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         else:
-            self.proc = _Attached(spec, container_config(spec, gvisor_netns=gvisor_makes_netns()))
+            try:
+                if spec.network == "egress":
+                    self.egress = create_network(engine(), spec.egress_allow)
+                self.proc = _Attached(spec, container_config(spec, gvisor_netns=gvisor_makes_netns(),
+                                                             egress_network=self.egress))
+            except (SandboxError, NetworkError) as e:
+                if self.egress:
+                    remove_network(engine(), self.egress)
+                raise SandboxError(str(e)) from None
         self.changed = threading.Event()  #: a reader saw an end frame, or its stream's end
         frames = END_FRAMES_ENV in spec.env  # only then is a frame at the end not the script's output
         self.out = _CappedReader(self.proc.stdout, spec.limits.output_bytes, EXIT_FRAME if frames else None, self.changed)
@@ -514,7 +528,8 @@ class Sandbox:
                     if self.runsc and not self.alive():
                         raise SandboxGone("the pre-started sandbox is gone")
                     runsc.take(self.spec.name, name) if self.runsc else engine().rename(self.name, name)
-                except (DockerException, OSError) as e:
+                except (DockerException, OSError) as e:  # requests' errors (a timeout) are OSErrors
+                    remove_container(name)  # a rename whose answer timed out may have been done
                     raise SandboxGone(f"the pre-started sandbox is gone: {e}") from None
                 self.name = name
             started = datetime.now(timezone.utc)
@@ -532,8 +547,8 @@ class Sandbox:
                     timed_out = True
                     try:
                         runsc.kill(self.name) if self.runsc else engine().kill(self.name)
-                    except (DockerException, subprocess.SubprocessError):
-                        pass  # it ended meanwhile
+                    except (DockerException, requests.RequestException, subprocess.SubprocessError):
+                        pass  # it ended meanwhile, or the engine is slow: it is removed afterwards anyway
                     break
             self.told = not timed_out and not (self.out.eof and self.err.eof)  # by the runner's end frames
             if not self.told:
@@ -549,8 +564,9 @@ class Sandbox:
                     timed_out=False, out_of_memory=False, started_at=started, finished_at=finished,
                 )
             state = self._runsc_state() if self.runsc else _state(self.name)
-            if state is None:
-                raise SandboxError(f"sandbox did not start: {self.err.text().strip()[:500]}")
+            if state is None:  # our words only: what the sandbox wrote may be the script's
+                raise SandboxError(f"sandbox ended without a state (exit {self.proc.returncode}): "
+                                   "it did not start, or it was removed")
             return Outcome(
                 exit_code=None if timed_out else state.get("ExitCode", self.proc.returncode),
                 stdout=self.out.text(), stderr=self.err.text(),
@@ -566,11 +582,13 @@ class Sandbox:
 
     def _runsc_state(self) -> dict | None:
         """What Docker's inspect would say, from `runsc run`'s exit: None if it was removed meanwhile
-        (the job was stopped) or runsc could not start it. Its message then opens stderr, so a
-        script exiting 128 after printing the same makes its own job an error, nobody else's."""
+        (the job was stopped) or runsc could not start it, as its own log says: a script exiting 128
+        after printing runsc's words gets its own outcome."""
         code = self.proc.returncode
-        if not (runsc.BUNDLES_DIR / self.spec.name).is_dir() or (
-                code == runsc.START_FAILED and self.err.text().startswith("running container: ")):
+        if not (runsc.BUNDLES_DIR / self.spec.name).is_dir():
+            return None
+        if code == runsc.START_FAILED and (failure := runsc.start_failure(self.spec.name)):
+            log.warning("runsc could not start sandbox %s: %s", self.spec.name, failure)
             return None
         if code != 0 and runsc.crashed(self.spec.name):  # the script was killed with its sandbox (by the OOM killer?)
             code = KILLED
@@ -592,6 +610,8 @@ class Sandbox:
         if self.proc.poll() is None:
             self.proc.kill()
         remove_container(self.name)
+        if self.egress:
+            remove_network(engine(), self.egress)
 
     def _wait_exit(self, timeout: float) -> None:
         try:
@@ -641,10 +661,14 @@ def killed_for_memory(state: dict, timed_out: bool, kills_before: int | None, ki
 
 
 def _state(name: str) -> dict | None:
+    """The container's state; None once it is gone. SandboxError if Docker does not answer: the
+    script has run, so the job must not be taken for one that never reached its sandbox."""
     try:
         return engine().inspect_container(name)["State"]
     except DockerException:
         return None
+    except requests.RequestException as e:
+        raise SandboxError(f"Docker did not tell how the sandbox ended: {type(e).__name__}") from None
 
 
 def image_id(image: str) -> str:

@@ -17,6 +17,7 @@ from ray import serve  # noqa: E402
 
 from executors.network import remove_egress  # noqa: E402
 from executors.reaper import reap  # noqa: E402
+from executors.sandbox import engine  # noqa: E402
 from serve_app.app import build  # noqa: E402
 from serve_app.config import get_settings  # noqa: E402
 from serve_app.dispatch import dispatcher  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
     if local:  # the sandboxes of tasks that ended with Ray are nobody's now
         reap(everything=True)
         if settings.network == "egress" or any(o.get("network") == "egress" for o in settings.agent_overrides.values()):
-            remove_egress()
+            remove_egress(engine())
 
 
 if __name__ == "__main__":
