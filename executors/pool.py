@@ -122,6 +122,13 @@ def lend_packages(folder: Path, mounts: tuple[tuple[str, str], ...]) -> None:
             os.chmod(d, 0o755)
 
 
+def _lend(sandbox: Sandbox, mounts: tuple[tuple[str, str], ...]) -> None:
+    try:
+        lend_packages(sandbox.folder, mounts)
+    except OSError as e:  # before the script: the job can take a cold sandbox instead
+        raise SandboxGone(f"its packages could not be lent: {e}") from None
+
+
 def packages_digest(mounts: tuple[tuple[str, str], ...]) -> bytes:
     """What a job's packages are, by content: a compiled script is only reused with the same ones."""
     h = hashlib.sha256()
@@ -334,29 +341,28 @@ class SandboxPool:
         packages = spec.mounts
         key = self.cache.key(script, packages_digest(packages) if packages and self.cache.on else b"")
         compiled = self.cache.get(key)
-        outcome = None
         try:
+            outcome = None
             if sandbox is not None and packages and not self.packages:
                 self._dispose(sandbox)  # this pool cannot lend packages (the task does not send such jobs)
+                sandbox = None
             elif sandbox is not None:
                 try:
                     if packages:
-                        lend_packages(sandbox.folder, packages)
+                        _lend(sandbox, packages)
                     outcome = sandbox.run(script, name=spec.name, remove=False, artifact=compiled,
                                           keep_artifact=self.cache.on, references=_references(spec) if packages else None)
-                except (SandboxGone, OSError):  # before the script reached it: a cold start instead
+                except SandboxGone:  # only ever before the script reached it: a cold start instead
                     self._dispose(sandbox)
+                    sandbox = None
             if outcome is None:  # none ready (or it was gone): a cold start, as without the pool
                 sandbox = Sandbox(replace(spec, env=(*spec.env, ARTIFACTS_ENV) if self.cache.on else spec.env))
                 outcome = sandbox.run(script, remove=False, artifact=compiled, keep_artifact=self.cache.on)
-        except SandboxError:  # after: the job was stopped (DELETE) or the sandbox failed; never run it again
-            self._dispose(sandbox, spec.name)
-            raise
-        if compiled is None and sandbox.artifact is not None:
-            self.cache.put(key, sandbox.artifact)
-        # the teardown of the used container is off the job's path, but always happens
-        threading.Thread(target=self._dispose, args=(sandbox, spec.name), daemon=True).start()
-        return outcome
+            if compiled is None and sandbox.artifact is not None:
+                self.cache.put(key, sandbox.artifact)
+            return outcome
+        finally:  # whatever happened: the teardown is off the job's path, but always happens
+            threading.Thread(target=self._dispose, args=(sandbox, spec.name), daemon=True).start()
 
     def cache_stats(self) -> dict:
         return self.cache.stats()

@@ -35,6 +35,7 @@ DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 START_FAILED = 128  #: `runsc run` itself failed (its message on stderr): not the script's fault
 PANIC_LOG = "panic.log"  #: in the bundle: what gVisor's Go runtime says when it panics
+RUNSC_LOG = "runsc.log"  #: in the bundle: runsc's warnings and errors (empty when all goes well)
 
 
 def runsc(*args: str) -> list[str]:
@@ -181,8 +182,18 @@ def write_bundle(spec, labels: dict[str, str]) -> Path:
 
 
 def run_args(spec, bundle: Path) -> list[str]:
-    return runsc("--panic-log", str(bundle / PANIC_LOG), "run", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"),
-                 spec.name)
+    return runsc("--panic-log", str(bundle / PANIC_LOG), "--log", str(bundle / RUNSC_LOG), "run", "--bundle", str(bundle),
+                 "--pid-file", str(bundle / "pid"), spec.name)
+
+
+def start_failure(name: str) -> str | None:
+    """runsc's own words when `runsc run` failed (they go to its log, which no script can write);
+    None when it did not: its exit code and stderr were the script's."""
+    try:
+        text = (BUNDLES_DIR / name / RUNSC_LOG).read_text(errors="replace")
+    except OSError:
+        return None
+    return text.strip()[-500:] if "running container: " in text else None
 
 
 def crashed(name: str) -> bool:

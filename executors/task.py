@@ -4,6 +4,7 @@ It is a streaming generator: its first item says the sandbox is starting on this
 service marks the job RUNNING), its second is the outcome. Both travel through the object store.
 """
 
+import logging
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -13,6 +14,8 @@ from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
 from executors.pool import PoolSpec, run_pooled
 from executors.reaper import dead_ray_nodes, reap
 from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
@@ -40,6 +43,10 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
                           finished_at=datetime.now(timezone.utc))
     except SandboxError as e:
         yield {"event": "ERROR", "reason": str(e)}
+        return
+    except Exception:  # ours, after the script may have run: an error, never a lost run tried again
+        log.exception("job %s: the run failed", spec.job_id)
+        yield {"event": "ERROR", "reason": "the run failed on its node (see the node's log)"}
         return
     yield {"event": "FINISHED", "outcome": outcome}
 

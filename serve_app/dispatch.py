@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import logging
+import time
 import uuid
 from dataclasses import replace
 
@@ -25,6 +26,9 @@ from serve_app.models import FinishedWith, Job, JobConfig, JobResult, JobStatus
 from serve_app.store import JobStore
 
 log = logging.getLogger("dotnet_scripts.jobs")
+#: how long after a run's stale limit its node is still reaped: a sandbox's reaper deadline lies
+#: its grace (SandboxSpec.reap_grace_s) past its wall time, and the stale limit outlasts that
+REAP_AFTER_S = 120.0
 
 
 def agent_profile(settings: Settings, agent_type: str) -> tuple[Limits, str]:
@@ -140,6 +144,7 @@ class Dispatcher:
         self.launcher = launcher(self.node_id)
         self.following: dict[uuid.UUID, tuple[str, int]] = {}  #: job → (agent type, attempt)
         self.waiters: dict[str, asyncio.Event] = {}  #: long-polls waiting for a job's end
+        self.busy_until: dict[str, float] = {}  #: node → until when it is reaped at each sweep
         self.wake = asyncio.Event()
         self.main = asyncio.get_running_loop().create_task(self._main())
         self.reaper = asyncio.get_running_loop().create_task(self._reap_forever())
@@ -199,19 +204,21 @@ class Dispatcher:
                 pass
 
     async def _reap_forever(self) -> None:
-        """Has each node of an agent type, once when it is first seen, remove the orphaned sandboxes
-        of its machine, e.g. those left when the machine's earlier node was lost. Once only: a task
-        on a node makes it busy, and an idle node must stay idle for an autoscaler to remove it."""
+        """Has the nodes of the agent types remove the orphaned sandboxes of their machines: each
+        node when it is first seen (what its machine's earlier node left), then at every sweep while
+        it has run a job lately. Not after: a task on a node makes it busy, and an idle node must
+        stay idle for an autoscaler to remove it; by then every orphan of its jobs is past its deadline."""
         seen: set[str] = set()
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 for n in await asyncio.to_thread(ray.nodes):
-                    if (n["Alive"] and n["NodeID"] not in seen
-                            and any(n["Resources"].get(t) for t in self.settings.agent_types)):
-                        seen.add(n["NodeID"])
+                    node = n["NodeID"]
+                    if n["Alive"] and any(n["Resources"].get(t) for t in self.settings.agent_types) and (
+                            node not in seen or time.monotonic() < self.busy_until.get(node, 0.0)):
+                        seen.add(node)
                         reap_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                            node_id=n["NodeID"], soft=False)).remote()
+                            node_id=node, soft=False)).remote()
             except Exception:
                 log.exception("dispatcher: reaping failed; retrying")
 
@@ -310,6 +317,8 @@ class Dispatcher:
     async def _record(self, job_id: uuid.UUID, item: dict) -> bool:
         """Records a run's event; True when the run has ended."""
         if item["event"] == "RUNNING":
+            # its node is reaped at each sweep until any orphan of this run is past its deadline
+            self.busy_until[item["node_id"]] = time.monotonic() + self.settings.stale_after_s + REAP_AFTER_S
             if await asyncio.to_thread(self.store.transition, job_id, JobStatus.RUNNING, node_id=item["node_id"]):
                 log.info("job %s RUNNING node=%s", job_id, item["node_id"])
                 await self.events.publish(job_id, JobStatus.RUNNING.value)

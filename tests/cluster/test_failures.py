@@ -19,7 +19,7 @@ from cluster.node import API_RESOURCE
 from executors.sandbox import LABEL, Limits, SandboxSpec, container_config, engine, remove_container
 from executors.reaper import reap
 from serve_app.store import JobStore
-from tests.conftest import ContainerStarts, Jobs
+from tests.conftest import ContainerStarts, Jobs, sandbox_containers
 from tests.services import api_service
 
 MONO = MONO_6.name
@@ -146,6 +146,20 @@ def test_an_api_replica_killed_mid_burst_loses_nothing(stack):
         assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"r{i}\n", job
     wait_until(lambda: len([a for a in alive_actors(stack)
                             if "JobService" in a.class_name]) == 2, 60, "Serve replaced the replica")
+
+
+def test_a_node_running_jobs_has_its_orphans_reaped_at_every_sweep(stack):
+    # reaped once, when the node was first seen: an orphan left later stayed until the node restarted
+    job_id = submit(stack, 'Console.WriteLine("hi");')
+    assert stack.jobs.wait(job_id, timeout=60)["status"] == "FINISHED"
+    node = stack.store.get(uuid.UUID(job_id)).node_id
+    orphan = SandboxSpec(job_id=f"orphan-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                         node_id=node, limits=Limits(wall_time_s=1), reap_grace_s=-60)  # its task died long ago
+    engine().create_container_from_config(container_config(orphan), orphan.name)
+    try:
+        wait_until(lambda: orphan.name not in sandbox_containers(), 30, "the orphan was reaped")
+    finally:
+        remove_container(orphan.name)
 
 
 def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reaped(stack):

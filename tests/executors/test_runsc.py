@@ -249,3 +249,25 @@ def test_the_sandboxes_listing_skips_a_bundle_removed_while_it_is_read(tmp_path,
 
     monkeypatch.setattr(Path, "read_text", removed_while_read)
     assert runsc.sandboxes() == {"kept": {"a": "b"}}
+
+
+def test_a_script_exiting_as_runsc_does_when_it_cannot_start_gets_its_own_outcome():
+    # runsc's own start failure is 128 with "running container: ..." on stderr; a script saying the
+    # same was taken for it, and its stderr went into the error the dispatcher logs
+    marker = f"running container: secret-{uuid.uuid4()}"
+    s = spec(env=())  # no end frames: its exit is runsc's
+    o = run_sandbox(s, f'Console.Error.WriteLine("{marker}"); return 128;')
+    assert (o.exit_code, o.stderr) == (128, marker + "\n")
+    assert s.name not in sandbox_containers()
+
+
+def test_an_error_about_a_runsc_sandbox_carries_none_of_the_script_s_output():
+    s, marker = spec(), f"secret-{uuid.uuid4()}"
+    sandbox = Sandbox(s)
+    gone = threading.Thread(target=lambda: (time.sleep(4), shutil.rmtree(runsc.BUNDLES_DIR / s.name, ignore_errors=True),
+                                            runsc.kill(s.name)))
+    gone.start()  # stopped mid-run: its bundle goes first
+    with pytest.raises(SandboxError) as e:
+        sandbox.run(f'Console.Error.WriteLine("{marker}"); Console.Error.Flush(); System.Threading.Thread.Sleep(30000);')
+    gone.join()
+    assert marker not in str(e.value)

@@ -3,20 +3,24 @@ detached without a process of ours, and a failed start is our error that leaves 
 
 import os
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from cluster.agent_types import MONO_6
 from executors import sandbox as sandbox_module
-from executors.sandbox import Limits, Sandbox, SandboxError, SandboxSpec, engine, remove_container, run_sandbox
+from executors.sandbox import (
+    Limits, Sandbox, SandboxError, SandboxGone, SandboxSpec, engine, remove_container, run_sandbox,
+)
 from tests.conftest import sandbox_containers
 
 
 def spec(**kw) -> SandboxSpec:
     return SandboxSpec(job_id=f"sandbox-{uuid.uuid4()}", image=kw.pop("image", MONO_6.image),
-                       command=kw.pop("command", MONO_6.command), limits=Limits(wall_time_s=30), **kw)
+                       command=kw.pop("command", MONO_6.command), limits=kw.pop("limits", Limits(wall_time_s=30)), **kw)
 
 
 def children() -> set[int]:
@@ -94,4 +98,45 @@ def test_a_cpu_quota_above_the_machine_s_cpus_runs_with_all_of_them():
                     limits=Limits(wall_time_s=30, cpus=(os.cpu_count() or 1) + 2))
     o = run_sandbox(s, "Console.WriteLine(Environment.ProcessorCount);")
     assert (o.exit_code, o.stdout.strip()) == (0, str(os.cpu_count())), o.stderr
+    assert s.name not in sandbox_containers()
+
+
+class _SlowEngine:
+    """Docker whose kill is done but answers with a timeout, and whose inspect times out: what a
+    busy daemon does to the client's 30 s."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def kill(self, name):
+        self.real.kill(name)
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+    def inspect_container(self, name):
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+
+def test_a_docker_timeout_after_the_script_ran_is_our_error_never_a_sandbox_gone_before_it(monkeypatch):
+    # a timeout is an OSError: the pool took it for a sandbox gone before its script and ran the job
+    # again in a cold one
+    slow = _SlowEngine(engine())
+    monkeypatch.setattr(sandbox_module, "engine", lambda: slow)
+    pooled, job = spec(), spec(limits=Limits(wall_time_s=2))
+    sandbox = Sandbox(replace(pooled, limits=job.limits))
+    with pytest.raises(SandboxError) as e:
+        sandbox.run("while (true) {}", name=job.name)
+    assert not isinstance(e.value, SandboxGone)
+    assert job.name not in sandbox_containers() and pooled.name not in sandbox_containers()
+
+
+def test_a_sandbox_error_carries_none_of_the_script_s_output(monkeypatch):
+    # the dispatcher logs the error's message: a script must not write into the service's logs
+    monkeypatch.setattr(sandbox_module, "_state", lambda name: None)  # removed before it was inspected
+    s, marker = spec(), f"secret-{uuid.uuid4()}"
+    with pytest.raises(SandboxError) as e:
+        run_sandbox(s, f'Console.Error.WriteLine("{marker}"); return 3;')
+    assert marker not in str(e.value)
     assert s.name not in sandbox_containers()
