@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     nuget_max_extract_mb: int = Field(256, ge=1, le=16384)
     #: the whole restore of a job's packages, before its sandbox starts
     nuget_restore_timeout_s: float = Field(120.0, gt=0, le=3600)
+    #: one job's restore, all its packages together (cached ones too: they stay pinned while it runs)
+    nuget_budget_download_mb: int = Field(256, ge=1, le=65536)
+    nuget_budget_extract_mb: int = Field(512, ge=1, le=65536)
+    nuget_budget_files: int = Field(20000, ge=1, le=1_000_000)
+    nuget_budget_packages: int = Field(100, ge=1, le=1000)
+    #: the restore runs in a cgroup of its own: its CPU quota and memory limit
+    nuget_restore_cpus: float = Field(1.0, ge=0.01, le=256)
+    nuget_restore_memory_mb: int = Field(512, ge=64, le=1 << 20)
     #: how often each replica looks for stale jobs and expired results
     sweep_interval_s: float = Field(60.0, gt=0, le=86400)
     #: a job PENDING or RUNNING this long without news becomes REJECTED (the original: 5 min)

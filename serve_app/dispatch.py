@@ -71,7 +71,11 @@ def nuget_spec(settings: Settings, agent_type: str, config: JobConfig | None) ->
     return NuGetSpec(sources=tuple(nuget_config.parse(xml)) if xml else (), target=target,
                      cache_dir=settings.nuget_cache_dir, cache_mb=settings.nuget_cache_mb,
                      max_package_mb=settings.nuget_max_package_mb, max_extract_mb=settings.nuget_max_extract_mb,
-                     timeout_s=settings.nuget_restore_timeout_s, allow=tuple(settings.egress_allow))
+                     timeout_s=settings.nuget_restore_timeout_s, allow=tuple(settings.egress_allow),
+                     budget_download_mb=settings.nuget_budget_download_mb,
+                     budget_extract_mb=settings.nuget_budget_extract_mb, budget_files=settings.nuget_budget_files,
+                     budget_packages=settings.nuget_budget_packages, restore_cpus=settings.nuget_restore_cpus,
+                     restore_memory_mb=settings.nuget_restore_memory_mb)
 
 
 def runner_input(agent_type: str, script: str, config: JobConfig | None) -> str:

@@ -113,6 +113,15 @@ def test_nuget_spec_takes_the_jobs_feeds_or_the_operators():
     assert nuget_spec(settings, "linux-amd64-dotnet-7", own) is None  # dotnet-script restores itself
 
 
+def test_nuget_spec_carries_the_job_s_restore_budget_and_cgroup_from_the_settings():
+    settings = Settings(nuget_budget_download_mb=7, nuget_budget_extract_mb=9, nuget_budget_files=11,
+                        nuget_budget_packages=3, nuget_restore_cpus=0.5, nuget_restore_memory_mb=128)
+    spec = nuget_spec(settings, "linux-amd64-mono-6", None)
+    budget = spec.budget()
+    assert (spec.budget_download_mb, spec.budget_extract_mb, spec.budget_files, spec.budget_packages) == (7, 9, 11, 3)
+    assert budget is not None and (spec.restore_cpus, spec.restore_memory_mb) == (0.5, 128)
+
+
 def test_the_dispatcher_hands_ray_the_free_slots_and_a_few_more():
     assert room(slots=4, in_flight=0) == 4 + AHEAD
     assert room(slots=4, in_flight=4 + AHEAD) == 0
