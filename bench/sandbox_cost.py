@@ -29,9 +29,11 @@ sys.path.insert(0, str(ROOT))
 from bench.run import floor_runner, machine_cpu_s  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
 from executors.pool import ARTIFACTS_ENV, PoolSpec, template  # noqa: E402
-from executors.runsc import image_rootfs, oci_config  # noqa: E402
+from executors.engines.runsc import image_rootfs, oci_config  # noqa: E402
 from executors import sandbox  # noqa: E402
-from executors.sandbox import DELAY_BY_SHELL, Sandbox, SandboxSpec, artifact_frame  # noqa: E402
+from executors.spec import DELAY_BY_SHELL, SandboxSpec  # noqa: E402
+from executors.protocol import artifact_frame  # noqa: E402
+from executors.sandbox import Sandbox  # noqa: E402
 
 HELLO_CS = 'class Hello { static void Main() { System.Console.WriteLine("hi"); } }\n'
 MONO = ["mono", "--debug", "-O=-inline"]  # as the runner is started

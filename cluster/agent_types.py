@@ -7,7 +7,8 @@ its number of sandbox slots; a job's Ray task asks for one unit of it.
 from dataclasses import dataclass
 
 from executors.nuget_packages import Target
-from executors.sandbox import DELAY_BY_SHELL, END_FRAMES_ENV
+from executors.spec import DELAY_BY_SHELL
+from executors.protocol import END_FRAMES_ENV
 
 
 @dataclass(frozen=True)

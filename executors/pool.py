@@ -25,9 +25,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from executors.nuget_restore import MOUNT_ROOT, REFERENCES_ENV
-from executors.sandbox import (
-    Outcome, Sandbox, SandboxError, SandboxGone, SandboxSpec, image_id, remove_container, stop_job_sandbox,
-)
+from executors.spec import Outcome, SandboxError, SandboxGone, SandboxSpec
+from executors.engines.docker import image_id
+from executors.sandbox import Sandbox, remove_container, stop_job_sandbox
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,10 @@ import logging
 import subprocess
 import time
 
-from executors import network, runsc
-from executors.sandbox import LABEL, engine
+from executors import network
+from executors.engines import runsc
+from executors.spec import LABEL
+from executors.engines.docker import engine
 
 log = logging.getLogger(__name__)
 

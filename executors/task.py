@@ -13,7 +13,8 @@ import ray
 from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
 from executors.pool import PoolSpec, run_pooled
 from executors.reaper import dead_ray_nodes, reap
-from executors.sandbox import Outcome, SandboxError, SandboxSpec, run_sandbox, stop_job_sandbox
+from executors.spec import Outcome, SandboxError, SandboxSpec
+from executors.sandbox import run_sandbox, stop_job_sandbox
 
 log = logging.getLogger(__name__)
 

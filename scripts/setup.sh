@@ -60,5 +60,5 @@ fi
 # 5. The sandbox image (skipped when the recipe has not changed), and its read-only copy for
 #    sandboxes that runsc starts alone (once per image id; the first job need not wait for it)
 bash sandbox-image/build.sh mono-6
-.venv/bin/python -c 'from executors.runsc import image_rootfs; image_rootfs("dotnet-scripts/mono-6")'
+.venv/bin/python -c 'from executors.engines.runsc import image_rootfs; image_rootfs("dotnet-scripts/mono-6")'
 log "ready"

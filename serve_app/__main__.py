@@ -17,7 +17,7 @@ from ray import serve  # noqa: E402
 
 from executors.network import remove_egress  # noqa: E402
 from executors.reaper import reap  # noqa: E402
-from executors.sandbox import engine  # noqa: E402
+from executors.engines.docker import engine  # noqa: E402
 from serve_app.app import build  # noqa: E402
 from serve_app.config import get_settings  # noqa: E402
 from serve_app.dispatch import dispatcher  # noqa: E402

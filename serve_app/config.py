@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cluster.agent_types import CATALOGUE
 from executors import nuget_config
-from executors.sandbox import Limits
+from executors.spec import Limits
 from serve_app.models import LIMIT_MINIMUMS
 
 #: the sandbox limits, each also a setting of the same name and an agent-type override key

@@ -17,7 +17,8 @@ from cluster.node import on_the_head
 from executors import nuget_config
 from executors.nuget_restore import NuGetSpec
 from executors.pool import PoolSpec
-from executors.sandbox import Limits, Outcome, SandboxSpec, stop_job_sandbox
+from executors.spec import Limits, Outcome, SandboxSpec
+from executors.sandbox import stop_job_sandbox
 from executors.task import reap_node, stop_sandbox
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.events import Events

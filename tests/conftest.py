@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from executors import runsc
+from executors.engines import runsc
 from executors.sandbox import remove_container
 from tests.nuget_feed import build_packages, serve
 from tests.services import api_service, postgres

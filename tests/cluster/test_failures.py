@@ -16,7 +16,9 @@ from ray.util.state import list_actors
 
 from cluster.agent_types import MONO_6
 from cluster.node import API_RESOURCE
-from executors.sandbox import LABEL, Limits, SandboxSpec, container_config, engine, remove_container
+from executors.spec import LABEL, Limits, SandboxSpec
+from executors.engines.docker import container_config, engine
+from executors.sandbox import remove_container
 from executors.reaper import reap
 from serve_app.store import JobStore
 from tests.conftest import ContainerStarts, Jobs, sandbox_containers

@@ -11,7 +11,7 @@ from ray.cluster_utils import Cluster
 
 from cluster.agent_types import MONO_6
 from cluster.status import current
-from executors.sandbox import Limits, SandboxSpec
+from executors.spec import Limits, SandboxSpec
 from executors.task import run_job
 
 SECOND = "linux-amd64-dotnet-7"

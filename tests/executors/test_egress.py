@@ -13,7 +13,8 @@ import pytest
 
 from cluster.agent_types import MONO_6
 from executors import network
-from executors.sandbox import Limits, SandboxSpec, run_sandbox
+from executors.spec import Limits, SandboxSpec
+from executors.sandbox import run_sandbox
 
 NS = "ds-test-pub"
 PUBLIC = "198.51.100.2"  #: TEST-NET-2, held by our namespace

@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.sandbox import KILLED, Limits, Sandbox, SandboxSpec, engine as docker_api, run_sandbox
+from executors.spec import KILLED, Limits, SandboxSpec
+from executors.engines.docker import engine as docker_api
+from executors.sandbox import Sandbox, run_sandbox
 from tests.conftest import sandbox_containers
 
 WALL = 10

@@ -4,11 +4,12 @@ import io
 import os
 import threading
 
-from executors.sandbox import END_FRAME, EXIT_FRAME, _CappedReader, split_frames
+from executors.protocol import END_FRAME, EXIT_FRAME, CappedReader
+from executors.engines.docker import split_frames
 
 
-def read(data: bytes, cap: int = 1 << 20, end=EXIT_FRAME) -> _CappedReader:
-    reader = _CappedReader(io.BufferedReader(io.BytesIO(data)), cap, end, threading.Event())
+def read(data: bytes, cap: int = 1 << 20, end=EXIT_FRAME) -> CappedReader:
+    reader = CappedReader(io.BufferedReader(io.BytesIO(data)), cap, end, threading.Event())
     reader.run()
     return reader
 
@@ -51,7 +52,7 @@ def test_when_the_run_is_told_the_frame_came_the_output_before_it_is_already_kep
     # the run returns as soon as both frames were seen: the output must be in by then (a CI run
     # once returned an empty stdout when the frame was flagged before its chunk was kept)
     seen = Seen()
-    reader = _CappedReader(io.BufferedReader(io.BytesIO(b"burst 6\n\0csrun-exit 0\n")), 1 << 20, EXIT_FRAME, seen)
+    reader = CappedReader(io.BufferedReader(io.BytesIO(b"burst 6\n\0csrun-exit 0\n")), 1 << 20, EXIT_FRAME, seen)
     seen.reader = reader
     reader.run()
     assert seen.texts[0] == "burst 6\n"

@@ -7,7 +7,7 @@ from cluster.agent_types import MONO_6
 from executors.pool import (
     GVISOR_CLOCK_S, CompiledCache, PoolSpec, lend_packages, packages_digest, pool_name, refill_now, template,
 )
-from executors.sandbox import SandboxSpec
+from executors.spec import SandboxSpec
 
 PACKAGES = PoolSpec(MONO_6.name, cache_mb=8, packages_dir="/cache/sandboxes")
 

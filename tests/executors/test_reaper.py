@@ -1,7 +1,7 @@
 """Which sandboxes the reaper removes (pure part)."""
 
 from executors.reaper import expired, orphaned
-from executors.sandbox import LABEL
+from executors.spec import LABEL
 
 
 def test_past_deadline_is_expired():

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors import runsc
+from executors.engines import runsc
 from executors.reaper import reap
-from executors.sandbox import KILLED, LABEL, Limits, Sandbox, SandboxError, SandboxSpec, labels, run_sandbox, stop_job_sandbox, via_runsc
+from executors.spec import KILLED, LABEL, Limits, SandboxError, SandboxSpec, labels, via_runsc
+from executors.sandbox import Sandbox, run_sandbox, stop_job_sandbox
 from tests.conftest import sandbox_containers
 
 SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_id="n1", engine="runsc",

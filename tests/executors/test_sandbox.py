@@ -11,10 +11,10 @@ import pytest
 import requests
 
 from cluster.agent_types import MONO_6
-from executors import sandbox as sandbox_module
-from executors.sandbox import (
-    Limits, Sandbox, SandboxError, SandboxGone, SandboxSpec, engine, remove_container, run_sandbox,
-)
+from executors.engines import docker as docker_engine
+from executors.spec import Limits, SandboxError, SandboxGone, SandboxSpec
+from executors.engines.docker import engine
+from executors.sandbox import Sandbox, remove_container, run_sandbox
 from tests.conftest import sandbox_containers
 
 
@@ -75,7 +75,7 @@ def test_a_sandbox_docker_cannot_start_is_our_error_and_leaves_nothing(broken):
 def test_a_script_silent_for_longer_than_the_engine_client_s_timeout_keeps_its_streams(monkeypatch):
     # the attach socket is the client's connection: its timeout (30 s in the service) must not apply
     client = docker.APIClient(version="auto", timeout=5, **docker.utils.kwargs_from_env())
-    monkeypatch.setattr(sandbox_module, "engine", lambda: client)
+    monkeypatch.setattr(docker_engine, "engine", lambda: client)
     o = run_sandbox(spec(), 'System.Threading.Thread.Sleep(7000); Console.WriteLine("still here");')
     assert (o.exit_code, o.stdout, o.timed_out) == (0, "still here\n", False)
 
@@ -123,7 +123,7 @@ def test_a_docker_timeout_after_the_script_ran_is_our_error_never_a_sandbox_gone
     # a timeout is an OSError: the pool took it for a sandbox gone before its script and ran the job
     # again in a cold one
     slow = _SlowEngine(engine())
-    monkeypatch.setattr(sandbox_module, "engine", lambda: slow)
+    monkeypatch.setattr(docker_engine, "engine", lambda: slow)
     pooled, job = spec(), spec(limits=Limits(wall_time_s=2))
     sandbox = Sandbox(replace(pooled, limits=job.limits))
     with pytest.raises(SandboxError) as e:
@@ -134,7 +134,7 @@ def test_a_docker_timeout_after_the_script_ran_is_our_error_never_a_sandbox_gone
 
 def test_a_sandbox_error_carries_none_of_the_script_s_output(monkeypatch):
     # the dispatcher logs the error's message: a script must not write into the service's logs
-    monkeypatch.setattr(sandbox_module, "_state", lambda name: None)  # removed before it was inspected
+    monkeypatch.setattr(docker_engine, "state", lambda name: None)  # removed before it was inspected
     s, marker = spec(), f"secret-{uuid.uuid4()}"
     with pytest.raises(SandboxError) as e:
         run_sandbox(s, f'Console.Error.WriteLine("{marker}"); return 3;')

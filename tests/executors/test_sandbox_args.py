@@ -2,8 +2,11 @@
 
 from dataclasses import replace
 
-from executors.sandbox import (ETC_DIR, KILLED, LABEL, Limits, SandboxSpec, container_config, killed_for_memory,
-                               oom_kills, runsc_without_network)
+import pytest
+
+from executors.spec import KILLED, LABEL, Limits, SandboxSpec
+from executors.engines.docker import ETC_DIR, container_config, runsc_without_network
+from executors.sandbox import killed_for_memory, oom_kills
 
 SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
                    limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=50, nofile=64,
@@ -84,12 +87,15 @@ def test_no_nproc_rlimit_under_gvisor():
     assert "nproc" not in ulimits(SPEC)
 
 
-def test_egress_mode_joins_the_filtered_bridge_with_gvisor_on_the_containers_netns():
+def test_egress_mode_joins_its_own_filtered_bridge_with_gvisor_on_the_containers_netns():
     spec = SandboxSpec(job_id="x", image="i", command=("c",), network="egress")
-    assert host(spec)["NetworkMode"] == "dotnet-scripts-egress"
-    assert host(spec)["Runtime"] == "runsc-host-net"
+    h = container_config(spec, egress_network="dotnet-scripts-egress-abc")["HostConfig"]
+    assert h["NetworkMode"] == "dotnet-scripts-egress-abc"
+    assert h["Runtime"] == "runsc-host-net"
     dev = SandboxSpec(job_id="x", image="i", command=("c",), network="egress", runtime="runc")
-    assert host(dev)["Runtime"] == "runc"
+    assert container_config(dev, egress_network="n")["HostConfig"]["Runtime"] == "runc"
+    with pytest.raises(ValueError):  # never on a shared network by mistake
+        container_config(spec)
 
 
 def test_docker_makes_no_netns_for_a_gvisor_sandbox_that_makes_its_own():
@@ -101,7 +107,8 @@ def test_docker_makes_no_netns_for_a_gvisor_sandbox_that_makes_its_own():
     # runc would share the host's network, egress needs Docker's bridge, and without the check: Docker's
     for spec in (replace(SPEC, runtime="runc"), replace(SPEC, runtime="runsc-host-net")):
         assert host(spec, gvisor_netns=True)["NetworkMode"] == "none"
-    assert host(replace(SPEC, network="egress"), gvisor_netns=True)["NetworkMode"] == "dotnet-scripts-egress"
+    egress = container_config(replace(SPEC, network="egress"), gvisor_netns=True, egress_network="its-own")
+    assert egress["HostConfig"]["NetworkMode"] == "its-own"
     assert host(SPEC)["NetworkMode"] == "none"
     assert binds(SPEC) == []
 

@@ -13,7 +13,8 @@ import ray
 from cluster.agent_types import MONO_6
 from executors.pool import NAMESPACE, PER_SLOT, REFILL_AFTER_S, PoolSpec, pool_for, pool_name
 from executors.reaper import reap
-from executors.sandbox import CONTAINER_PREFIX, Limits, SandboxSpec, remove_container
+from executors.spec import CONTAINER_PREFIX, Limits, SandboxSpec
+from executors.sandbox import remove_container
 from executors.nuget_config import parse
 from executors.nuget_restore import NuGetSpec
 from executors.task import _run, run_job

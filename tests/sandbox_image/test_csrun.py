@@ -7,7 +7,9 @@ import uuid
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.sandbox import EXIT_GRACE_S, KILLED, WARMUP_MARKER, Limits, Sandbox, SandboxSpec, run_sandbox
+from executors.spec import EXIT_GRACE_S, KILLED, Limits, SandboxSpec
+from executors.protocol import WARMUP_MARKER
+from executors.sandbox import Sandbox, run_sandbox
 from tests.conftest import sandbox_containers
 
 

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from executors.sandbox import Outcome
+from executors.spec import Outcome
 from serve_app.config import Settings
 from serve_app.dispatch import (
     AHEAD, agent_profile, job_profile, nuget_spec, result_from_outcome, room, runner_input, sandbox_spec,

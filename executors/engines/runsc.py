@@ -20,6 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from docker.errors import DockerException
+
+from executors.engines.docker import engine  # the Docker API (~1 ms, the CLI ~20 ms): on every sandbox's start
+from executors.spec import HOSTS
+
 RUN_DIR = Path("/run/dotnet-scripts/runsc")  #: the state of this node's runsc sandboxes
 STATE_DIR = RUN_DIR / "state"  #: runsc's own (`--root`)
 BUNDLES_DIR = RUN_DIR / "bundles"  #: one OCI bundle per sandbox, named like its container
@@ -32,7 +37,6 @@ ROOTFS_DIR = Path("/var/lib/dotnet-scripts/rootfs")  #: read-only copies of the 
 CGROUP_PARENT = "/dotnet-scripts"
 #: as under Docker; the image itself sets no PATH
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 START_FAILED = 128  #: `runsc run` itself failed (its message on stderr): not the script's fault
 PANIC_LOG = "panic.log"  #: in the bundle: what gVisor's Go runtime says when it panics
 RUNSC_LOG = "runsc.log"  #: in the bundle: runsc's warnings and errors (empty when all goes well)
@@ -102,10 +106,6 @@ def image_rootfs(image: str) -> tuple[str, tuple[str, ...]]:
     """The image's file system as a read-only directory of this node, exported once per image
     id, and its environment. Raises OSError or subprocess.CalledProcessError (our fault: no such
     image, no space)."""
-    from docker.errors import DockerException
-
-    from executors.sandbox import engine  # the Docker API (~1 ms, the CLI ~20 ms): on every sandbox's start
-
     try:
         inspect = engine().inspect_image(image)
     except DockerException as e:

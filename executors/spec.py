@@ -1,0 +1,105 @@
+"""What a sandbox is to run, with which limits, and how it ended: plain records shared by the
+node's runner, the engines and the API (no Docker, no Ray here)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+#: what a sandbox without network sees as /etc/hosts, whichever engine starts it
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+CONTAINER_PREFIX = "dotnet-scripts-job-"
+LABEL = "dotnet-scripts.job"  #: every sandbox carries it, so orphans can be found and reaped
+KILLED = 137  #: the runner died of SIGKILL: the OOM killer's, our kill on timeout, or the script's own
+#: a runner that sent its end frames is exiting: its sandbox ends on its own ~0.03 s later under runsc
+#: alone, ~0.09 s through Docker, and that costs ~0.01 core-s less than killing it (a `runsc kill`,
+#: run by us or by Docker's shim). Only a script forging the frames runs on, this long at most
+EXIT_GRACE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_time_s: float = 60.0  #: wall clock from container start to exit, compile included
+    memory_mb: int = 512  #: RAM; swap is set equal so the container cannot swap
+    cpus: float = 1.0  #: CPU quota in cores
+    #: processes + threads. runc: pids cgroup + RLIMIT_NPROC. runsc: the pids cgroup counts the
+    #: gVisor kernel's own host threads (guest tasks are multiplexed on them) and RLIMIT_NPROC would
+    #: count the host's processes of the sentry's uid, so there only the cgroup is set, as a backstop
+    pids: int = 256
+    nofile: int = 256  #: open files per process
+    disk_mb: int = 64  #: the work dir (tmpfs)
+    tmp_mb: int = 16  #: /tmp (tmpfs)
+    output_bytes: int = 1 << 20  #: per stream; the rest is dropped and the result marked truncated
+
+
+#: how any image with a shell starts a command after a delay: these, the seconds, the command
+DELAY_BY_SHELL = ("sh", "-c", 'sleep "$0"; exec "$@"')
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    job_id: str
+    image: str
+    command: tuple[str, ...]
+    runtime: str = "runsc"  #: "runc" only for development: it shares the host kernel
+    user: str = "10001:10001"
+    work_dir: str = "/sandbox"
+    network: str = "none"  #: "none", or "egress": the filtered bridge of executors/network.py
+    egress_allow: tuple[str, ...] = ()  #: networks reachable in egress mode despite the blocklist
+    limits: Limits = field(default_factory=Limits)
+    #: (host path, container path) bound read-only, e.g. the job's restored NuGet packages
+    mounts: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  #: extra environment for the runner (never secrets)
+    #: past wall time + this, a container whose task is gone is an orphan for the reaper
+    reap_grace_s: float = 60.0
+    #: the Ray node that starts it: once that node is dead the container is nobody's
+    node_id: str = ""
+    #: which run of the job this is (a run lost with its node is tried once more)
+    attempt: int = 1
+    #: "runsc": started by runsc alone (executors/engines/runsc.py), ~0.2 core-s less per sandbox than
+    #: through Docker; only with runtime "runsc" and network "none", else Docker starts it anyway
+    engine: str = "docker"
+    #: how the image starts the command after a delay (a pooled gVisor runner's, executors/pool.py)
+    delayed_start: tuple[str, ...] = DELAY_BY_SHELL
+
+    @property
+    def name(self) -> str:
+        return CONTAINER_PREFIX + self.job_id
+
+    @property
+    def gvisor(self) -> bool:
+        """Whether it runs under gVisor ("runsc", or "runsc-host-net" that egress uses)."""
+        return self.runtime.startswith("runsc")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int | None  #: None when the run was killed for its time limit
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    out_of_memory: bool
+    started_at: datetime
+    finished_at: datetime
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be run (Docker, image, runtime): our fault, not the script's."""
+
+
+class SandboxGone(SandboxError):
+    """A pre-started sandbox was gone before it got the script: another may be used instead."""
+
+
+def via_runsc(spec: SandboxSpec) -> bool:
+    return spec.engine == "runsc" and spec.runtime == "runsc" and spec.network == "none"
+
+
+def labels(spec: SandboxSpec) -> dict[str, str]:
+    """What the reaper reads: the job, a deadline (wall time + margin) and the node that started it."""
+    return {LABEL: spec.job_id, f"{LABEL}.deadline": str(int(time.time() + spec.limits.wall_time_s + spec.reap_grace_s)),
+            **({f"{LABEL}.node": spec.node_id} if spec.node_id else {})}
