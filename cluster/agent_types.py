@@ -6,7 +6,7 @@ its number of sandbox slots; a job's Ray task asks for one unit of it.
 
 from dataclasses import dataclass
 
-from executors.nuget_packages import Target
+from executors.nuget.packages import Target
 from executors.spec import DELAY_BY_SHELL
 from executors.protocol import END_FRAMES_ENV
 

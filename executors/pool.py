@@ -24,7 +24,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from executors.nuget_restore import MOUNT_ROOT, REFERENCES_ENV
+from executors.nuget.restore import MOUNT_ROOT, REFERENCES_ENV
 from executors.spec import Outcome, SandboxError, SandboxGone, SandboxSpec
 from executors.engines.docker import image_id
 from executors.sandbox import Sandbox, remove_container, stop_job_sandbox

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import ray
 
-from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
+from executors.nuget.restore import NuGetSpec, RestoreError, references, restore
 from executors.pool import PoolSpec, run_pooled
 from executors.reaper import dead_ray_nodes, reap
 from executors.spec import Outcome, SandboxError, SandboxSpec

@@ -16,7 +16,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.node import on_the_head
-from executors import nuget_config
+from executors.nuget import config as nuget_config
 from serve_app import deps, health, jobs, policies
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.dispatch import DispatcherClient, agent_profile, dispatcher

@@ -9,7 +9,7 @@ from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cluster.agent_types import CATALOGUE
-from executors import nuget_config
+from executors.nuget import config as nuget_config
 from executors.spec import Limits
 from serve_app.models import LIMIT_MINIMUMS
 

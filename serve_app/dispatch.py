@@ -14,8 +14,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.agent_types import CATALOGUE
 from cluster.node import on_the_head
-from executors import nuget_config
-from executors.nuget_restore import NuGetSpec
+from executors.nuget import config as nuget_config
+from executors.nuget.restore import NuGetSpec
 from executors.pool import PoolSpec
 from executors.spec import Limits, Outcome, SandboxSpec
 from executors.sandbox import stop_job_sandbox

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
-from executors import nuget_config
+from executors.nuget import config as nuget_config
 from serve_app.deps import Services, get_services
 from serve_app.dispatch import job_profile
 from serve_app.models import (

@@ -15,8 +15,8 @@ from executors.pool import NAMESPACE, PER_SLOT, REFILL_AFTER_S, PoolSpec, pool_f
 from executors.reaper import reap
 from executors.spec import CONTAINER_PREFIX, Limits, SandboxSpec
 from executors.sandbox import remove_container
-from executors.nuget_config import parse
-from executors.nuget_restore import NuGetSpec
+from executors.nuget.config import parse
+from executors.nuget.restore import NuGetSpec
 from executors.task import _run, run_job
 from tests.conftest import POOLED, sandbox_containers
 

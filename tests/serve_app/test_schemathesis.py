@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 #: a schema cannot say "well-formed NuGet.Config"; generated strings are swapped for a valid one in
-#: positive cases (XML validation has its own tests in test_api_contract.py and test_nuget_config.py)
+#: positive cases (XML validation has its own tests in test_api_contract.py and nuget/test_config.py)
 VALID_XML = '<configuration><packageSources><add key="f" value="https://feed.example/v3/index.json"/></packageSources></configuration>'
 
 

@@ -1,4 +1,4 @@
-"""A restore's work in a process of its own: in a cgroup of its own (nuget_cgroup), killed at its
+"""A restore's work in a process of its own: in a cgroup of its own (nuget/cgroup.py), killed at its
 deadline. That is what makes the deadline hold whatever the work is blocked in (a DNS look-up
 that hangs, a TLS handshake or response headers that trickle, hashing), and what keeps a hostile
 feed's download, decompression and hashing within a CPU quota and a memory limit.
@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from executors.nuget_cgroup import Cgroup, fallback_rlimits
+from executors.nuget.cgroup import Cgroup, fallback_rlimits
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from executors.nuget_packages import (Archive, PackageError, Target, best_framework, parse_framework,
+from executors.nuget.packages import (Archive, PackageError, Target, best_framework, parse_framework,
                                       parse_nuspec)
 
 MONO = Target(net=(4, 8))

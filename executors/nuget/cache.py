@@ -21,9 +21,9 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from executors.nuget_budget import Budget
-from executors.nuget_packages import Archive
-from executors.nuget_versions import Version
+from executors.nuget.budget import Budget
+from executors.nuget.packages import Archive
+from executors.nuget.versions import Version
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from executors import nuget_cgroup
-from executors.nuget_cache import META
-from executors.nuget_config import Source, parse
-from executors.nuget_feeds import same_origin
-from executors.nuget_packages import Target
-from executors.nuget_restore import NuGetSpec, RestoreError, references, restore
+from executors.nuget import cgroup as nuget_cgroup
+from executors.nuget.cache import META
+from executors.nuget.config import Source, parse
+from executors.nuget.feeds import same_origin
+from executors.nuget.packages import Target
+from executors.nuget.restore import NuGetSpec, RestoreError, references, restore
 from tests.nuget_feed import PASSWORD, USER, nuspec, pack, response, serve, serve_raw, v3_index
 
 LOOPBACK = ("127.0.0.0/8",)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from executors.nuget_config import MAX_BYTES, REDACTED, NuGetConfigError, Source, parse, redact, redact_url
+from executors.nuget.config import MAX_BYTES, REDACTED, NuGetConfigError, Source, parse, redact, redact_url
 
 FULL = """<?xml version="1.0" encoding="utf-8"?>
 <configuration>

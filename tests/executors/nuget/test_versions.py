@@ -2,7 +2,7 @@
 
 import pytest
 
-from executors.nuget_versions import Version, VersionError, VersionRange
+from executors.nuget.versions import Version, VersionError, VersionRange
 
 V = Version.parse
 

@@ -1,10 +1,10 @@
 """`#r "nuget: Id, Version"`: the packages a script references, restored on its node before its
-sandbox starts, from the job's feeds into a per-node cache (nuget_cache), and handed to the
+sandbox starts, from the job's feeds into a per-node cache (nuget/cache.py), and handed to the
 sandbox read-only.
 
 The work (feeds, downloads, extraction, hashing) runs in a process of its own, in a cgroup of its
-own, killed at the restore's deadline (nuget_process); it counts what it costs against the job's
-budget as it goes (nuget_budget). Whatever goes wrong ends as a RestoreError whose `error NU…`
+own, killed at the restore's deadline (nuget/process.py); it counts what it costs against the job's
+budget as it goes (nuget/budget.py). Whatever goes wrong ends as a RestoreError whose `error NU…`
 line names the package and the feed where known: a hostile feed or package is the script's
 failure, never its node's.
 """
@@ -21,13 +21,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executors import nuget_process
-from executors.nuget_budget import Budget, BudgetError
-from executors.nuget_cache import Cache, read_meta
-from executors.nuget_config import Source
-from executors.nuget_feeds import Feed, FeedError, Policy, Timeout, feed_for
-from executors.nuget_packages import Archive, Dependency, PackageError, Target, best_framework, parse_nuspec, valid_id
-from executors.nuget_versions import Version, VersionError, VersionRange
+from executors.nuget import process as nuget_process
+from executors.nuget.budget import Budget, BudgetError
+from executors.nuget.cache import Cache, read_meta
+from executors.nuget.config import Source
+from executors.nuget.feeds import Feed, FeedError, Policy, Timeout, feed_for
+from executors.nuget.packages import Archive, Dependency, PackageError, Target, best_framework, parse_nuspec, valid_id
+from executors.nuget.versions import Version, VersionError, VersionRange
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ REFERENCES_ENV = "CSRUN_REFERENCES"  #: the runner's list of assemblies to refer
 MAX_PACKAGES = 100  #: packages in one job's dependency graph
 TIMEOUT_SETTING = "NUGET_RESTORE_TIMEOUT_S"  #: named in the message of a restore that timed out
 _DIRECTIVE = re.compile(r'^\s*#r\s+"nuget:\s*([^,"]*?)\s*(?:,\s*([^"]*?)\s*)?"\s*(?://.*)?$', re.IGNORECASE)
-_CHILD = "from executors.nuget_restore import _child_main; _child_main()"
+_CHILD = "from executors.nuget.restore import _child_main; _child_main()"
 
 
 class RestoreError(RuntimeError):
@@ -315,7 +315,7 @@ def _resolve(script_refs: list[Reference], spec: NuGetSpec, cache: Cache, deadli
 
 
 def _child_main() -> None:
-    """The restore's process (see nuget_process): one request, its answers, then it waits for the
+    """The restore's process (see nuget/process.py): one request, its answers, then it waits for the
     parent to lease what it restored before it lets its own leases go."""
     (script_refs, spec, job, deadline), answer, wait_for_parent = nuget_process.child_request()
     with ExitStack() as stack:

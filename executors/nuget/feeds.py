@@ -29,9 +29,9 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from executors.network import BLOCKED
-from executors.nuget_budget import Budget
-from executors.nuget_config import Source
-from executors.nuget_versions import Version, VersionError
+from executors.nuget.budget import Budget
+from executors.nuget.config import Source
+from executors.nuget.versions import Version, VersionError
 
 MAX_INDEX_BYTES = 8 << 20  #: a service index or version list; real ones are kilobytes
 MAX_REDIRECTS = 5

@@ -22,8 +22,8 @@ from pathlib import Path, PurePosixPath
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from executors.nuget_budget import Budget
-from executors.nuget_versions import Version, VersionError, VersionRange
+from executors.nuget.budget import Budget
+from executors.nuget.versions import Version, VersionError, VersionRange
 
 MAX_ENTRIES = 20000  #: a package with more entries than this is abuse, whatever their size
 MAX_NUSPEC_BYTES = 1 << 20

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from executors.nuget_config import Source, parse
-from executors.nuget_packages import Target
-from executors.nuget_restore import (Cache, NuGetSpec, RestoreError, references, restore)
-from executors.nuget_versions import Version
+from executors.nuget.config import Source, parse
+from executors.nuget.packages import Target
+from executors.nuget.restore import (Cache, NuGetSpec, RestoreError, references, restore)
+from executors.nuget.versions import Version
 
 MONO = Target(net=(4, 8))
 LOOPBACK = ("127.0.0.1/32",)
