@@ -17,8 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -28,6 +27,7 @@ from executors.nuget.restore import MOUNT_ROOT, REFERENCES_ENV
 from executors.spec import Outcome, SandboxError, SandboxGone, SandboxSpec
 from executors.engines.docker import image_id
 from executors.sandbox import Sandbox, remove_container, stop_job_sandbox
+from executors.spec import PoolSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +49,6 @@ GVISOR_CLOCK_S = 1.1
 #: this many coming up behind it (~50 MiB each). Measured, 200 jobs at once on 2 slots (runsc alone):
 #: 4 per slot 4.82 jobs/s, 6 per slot 5.08, 8 per slot 5.28-5.34
 PER_SLOT = 8
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """How a node pools sandboxes for an agent type."""
-    agent_type: str
-    size: int = -1  #: pre-started sandboxes; -1: PER_SLOT per slot of the agent type on the node
-    #: a waiting runner is told to compile a small program, so the job's compile starts warm
-    #: (~0.3 s less) at the price of that CPU per job. "auto": only once the pool has run no job
-    #: for WARM_AFTER_S (a user at a prompt); not in a burst or back to back, where CPU is the limit
-    #: and a job would wait for a warm-up under way
-    warmup: Literal["auto", "always", "never"] = "never"
-    #: after this long without a job the pool removes its sandboxes and its actor: Ray counts a
-    #: node with a live actor as busy, and an autoscaler would never remove it
-    idle_s: float = 120.0
-    #: compiled scripts kept for repeats (runners with CSRUN_ARTIFACTS); 0: none, every job compiles
-    cache_mb: int = 0
-    #: on the node's NuGet cache's file system: each pooled sandbox has a folder here, bound read-only
-    #: at /nuget, that a job's restored packages are linked into when it takes the sandbox.
-    #: "": jobs with packages start a sandbox of their own (they are mounted at its start)
-    packages_dir: str = ""
 
 
 def refill_now(active: int, slots: int, left: int) -> bool:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
+
+from executors.limits import Limits
 
 #: what a sandbox without network sees as /etc/hosts, whichever engine starts it
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -17,21 +20,6 @@ KILLED = 137  #: the runner died of SIGKILL: the OOM killer's, our kill on timeo
 #: alone, ~0.09 s through Docker, and that costs ~0.01 core-s less than killing it (a `runsc kill`,
 #: run by us or by Docker's shim). Only a script forging the frames runs on, this long at most
 EXIT_GRACE_S = 0.5
-
-
-@dataclass(frozen=True)
-class Limits:
-    wall_time_s: float = 60.0  #: wall clock from container start to exit, compile included
-    memory_mb: int = 512  #: RAM; swap is set equal so the container cannot swap
-    cpus: float = 1.0  #: CPU quota in cores
-    #: processes + threads. runc: pids cgroup + RLIMIT_NPROC. runsc: the pids cgroup counts the
-    #: gVisor kernel's own host threads (guest tasks are multiplexed on them) and RLIMIT_NPROC would
-    #: count the host's processes of the sentry's uid, so there only the cgroup is set, as a backstop
-    pids: int = 256
-    nofile: int = 256  #: open files per process
-    disk_mb: int = 64  #: the work dir (tmpfs)
-    tmp_mb: int = 16  #: /tmp (tmpfs)
-    output_bytes: int = 1 << 20  #: per stream; the rest is dropped and the result marked truncated
 
 
 #: how any image with a shell starts a command after a delay: these, the seconds, the command
@@ -103,3 +91,24 @@ def labels(spec: SandboxSpec) -> dict[str, str]:
     """What the reaper reads: the job, a deadline (wall time + margin) and the node that started it."""
     return {LABEL: spec.job_id, f"{LABEL}.deadline": str(int(time.time() + spec.limits.wall_time_s + spec.reap_grace_s)),
             **({f"{LABEL}.node": spec.node_id} if spec.node_id else {})}
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """How a node pools sandboxes for an agent type."""
+    agent_type: str
+    size: int = -1  #: pre-started sandboxes; -1: executors.pool.PER_SLOT per slot of the agent type on the node
+    #: a waiting runner is told to compile a small program, so the job's compile starts warm
+    #: (~0.3 s less) at the price of that CPU per job. "auto": only once the pool has run no job
+    #: for a second (a user at a prompt); not in a burst or back to back, where CPU is the limit
+    #: and a job would wait for a warm-up under way
+    warmup: Literal["auto", "always", "never"] = "auto"
+    #: after this long without a job the pool removes its sandboxes and its actor: Ray counts a
+    #: node with a live actor as busy, and an autoscaler would never remove it
+    idle_s: float = 120.0
+    #: compiled scripts kept for repeats (runners with CSRUN_ARTIFACTS); 0: none, every job compiles
+    cache_mb: int = 0
+    #: on the node's NuGet cache's file system: each pooled sandbox has a folder here, bound read-only
+    #: at /nuget, that a job's restored packages are linked into when it takes the sandbox.
+    #: "": jobs with packages start a sandbox of their own (they are mounted at its start)
+    packages_dir: str = ""

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 import ray
 
 from executors.nuget.restore import NuGetSpec, RestoreError, references, restore
-from executors.pool import PoolSpec, run_pooled
+from executors.pool import run_pooled
+from executors.spec import PoolSpec
 from executors.reaper import dead_ray_nodes, reap
 from executors.spec import Outcome, SandboxError, SandboxSpec
 from executors.sandbox import run_sandbox, stop_job_sandbox

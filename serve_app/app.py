@@ -19,7 +19,8 @@ from cluster.node import on_the_head
 from executors.nuget import config as nuget_config
 from serve_app import deps, health, jobs, policies
 from serve_app.config import LIMIT_FIELDS, Settings
-from serve_app.dispatch import DispatcherClient, agent_profile, dispatcher
+from serve_app.dispatch import DispatcherClient, dispatcher
+from serve_app.plan import agent_profile
 from serve_app.events import Events
 from serve_app.store import JobStore
 

@@ -4,12 +4,17 @@ Serve hands each replica its own copy of the FastAPI app, so the replica's objec
 in the replica's process, rather than on `app.state` of the module's app.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from serve_app.config import Settings
-from serve_app.dispatch import DispatcherClient
 from serve_app.events import Events
 from serve_app.store import JobStore
+
+if TYPE_CHECKING:  # the endpoints need its handle, not the actor's module (Ray, the executors)
+    from serve_app.dispatch import DispatcherClient
 
 
 @dataclass

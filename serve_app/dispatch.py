@@ -7,85 +7,24 @@ import time
 import uuid
 from dataclasses import replace
 
-from pydantic.alias_generators import to_camel
-
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cluster.agent_types import CATALOGUE
 from cluster.node import on_the_head
-from executors.nuget import config as nuget_config
-from executors.nuget.restore import NuGetSpec
-from executors.pool import PoolSpec
-from executors.spec import Limits, Outcome, SandboxSpec
+from executors.spec import Outcome
 from executors.sandbox import stop_job_sandbox
 from executors.task import reap_node, stop_sandbox
-from serve_app.config import LIMIT_FIELDS, Settings
+from serve_app.config import Settings
 from serve_app.events import Events
 from serve_app.launcher import NAMESPACE, launcher
-from serve_app.models import FinishedWith, Job, JobConfig, JobResult, JobStatus
+from serve_app.models import FinishedWith, Job, JobResult, JobStatus
+from serve_app.plan import plan
 from serve_app.store import JobStore
 
 log = logging.getLogger("dotnet_scripts.jobs")
 #: how long after a run's stale limit its node is still reaped: a sandbox's reaper deadline lies
 #: its grace (SandboxSpec.reap_grace_s) past its wall time, and the stale limit outlasts that
 REAP_AFTER_S = 120.0
-
-
-def agent_profile(settings: Settings, agent_type: str) -> tuple[Limits, str]:
-    """The most an agent type's jobs may have: its limits and network mode."""
-    over = settings.agent_overrides.get(agent_type, {})
-    limits = Limits(**{k: type(getattr(settings, k))(over.get(k, getattr(settings, k))) for k in LIMIT_FIELDS})
-    return limits, over.get("network", settings.network)
-
-
-def job_profile(settings: Settings, agent_type: str, config: JobConfig | None) -> tuple[Limits, str]:
-    """The agent type's profile lowered by what the job asks for. ValueError: it asks for more."""
-    limits, network = agent_profile(settings, agent_type)
-    asked = config.limits.model_dump(exclude_none=True) if config and config.limits else {}
-    for key, value in asked.items():
-        if value > getattr(limits, key):
-            raise ValueError(f"jobConfig.limits.{to_camel(key)} is {value:g}; "
-                             f"the most {agent_type} allows is {getattr(limits, key):g}")
-    if config and config.network:
-        if config.network == "egress" and network == "none":
-            raise ValueError(f"jobConfig.network egress: {agent_type} sandboxes have no network")
-        network = config.network
-    return replace(limits, **asked), network
-
-
-def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str, config: JobConfig | None = None) -> SandboxSpec:
-    t = CATALOGUE[agent_type]
-    limits, network = job_profile(settings, agent_type, config)
-    return SandboxSpec(job_id=str(job_id), image=t.image, command=t.command, runtime=settings.sandbox_runtime,
-                       user=t.user, work_dir=t.work_dir, network=network,
-                       egress_allow=tuple(settings.egress_allow), limits=limits, env=t.env,
-                       engine=settings.sandbox_engine, delayed_start=t.delayed_start)
-
-
-def nuget_spec(settings: Settings, agent_type: str, config: JobConfig | None) -> NuGetSpec | None:
-    """What the job's `#r "nuget: …"` restore may use; None where the runner restores itself."""
-    target = CATALOGUE[agent_type].nuget
-    if target is None:
-        return None
-    xml = config.nuget_config_xml if config and config.nuget_config_xml else settings.nuget_config_xml
-    return NuGetSpec(sources=tuple(nuget_config.parse(xml)) if xml else (), target=target,
-                     cache_dir=settings.nuget_cache_dir, cache_mb=settings.nuget_cache_mb,
-                     max_package_mb=settings.nuget_max_package_mb, max_extract_mb=settings.nuget_max_extract_mb,
-                     timeout_s=settings.nuget_restore_timeout_s, allow=tuple(settings.egress_allow),
-                     budget_download_mb=settings.nuget_budget_download_mb,
-                     budget_extract_mb=settings.nuget_budget_extract_mb, budget_files=settings.nuget_budget_files,
-                     budget_packages=settings.nuget_budget_packages, restore_cpus=settings.nuget_restore_cpus,
-                     restore_memory_mb=settings.nuget_restore_memory_mb)
-
-
-def runner_input(agent_type: str, script: str, config: JobConfig | None) -> str:
-    """What the agent type's runner reads on stdin: the script, preceded by the job's NuGet.Config
-    for runners that restore packages themselves."""
-    if not CATALOGUE[agent_type].config_on_stdin:
-        return script
-    xml = config.nuget_config_xml if config and config.nuget_config_xml else ""
-    return f"{len(xml.encode())}\n{xml}{script}"
 
 
 def result_from_outcome(o: Outcome) -> JobResult:
@@ -260,17 +199,8 @@ class Dispatcher:
             return
         payload = job.request().payload
         try:
-            config = payload.job_config
-            spec = replace(sandbox_spec(self.settings, job.id, job.agent_type, config), attempt=attempt)
-            # the pool holds sandboxes of the agent type's own profile; jobs with their own limits start cold
-            custom = config is not None and (config.limits is not None or config.network is not None)
-            cache_mb = self.settings.compile_cache_mb if CATALOGUE[job.agent_type].artifacts else 0
-            # restored packages are linked into a pooled sandbox's folder: on the cache's file system
-            packages_dir = f"{self.settings.nuget_cache_dir}/sandboxes" if CATALOGUE[job.agent_type].nuget else ""
-            pool = None if custom else PoolSpec(job.agent_type, self.settings.pool_size, self.settings.pool_warmup,
-                                                self.settings.pool_idle_s, cache_mb, packages_dir)
-            args = (spec, runner_input(job.agent_type, payload.script, config), pool,
-                    nuget_spec(self.settings, job.agent_type, config))
+            p = plan(self.settings, job.id, job.agent_type, payload.script, payload.job_config)
+            args = (replace(p.spec, attempt=attempt), p.runner_input, p.pool, p.nuget)
         except (ValueError, KeyError) as e:  # the deployment's settings changed since it was accepted
             await self._reject(job.id, f"this deployment no longer accepts its configuration: {e}")
             return

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
 from executors.nuget import config as nuget_config
 from serve_app.deps import Services, get_services
-from serve_app.dispatch import job_profile
+from serve_app.plan import validate
 from serve_app.models import (
     Job, JobCreated, JobRequest, JobRequestView, JobResultView, JobStatusView, JobView, Message,
 )
@@ -64,9 +64,7 @@ async def create_job(body: JobRequest, response: Response, svc: Services = Depen
         raise HTTPException(413, f"script is {size} bytes; the limit is {settings.max_script_bytes}")
     config = body.payload.job_config
     try:
-        job_profile(settings, body.payload.agent_type, config)
-        if config and config.nuget_config_xml is not None:
-            nuget_config.parse(config.nuget_config_xml)  # bad XML is the client's 400 now, not a failed run later
+        validate(settings, body.payload.agent_type, config)
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
     job, created = await asyncio.to_thread(svc.store.create, body)

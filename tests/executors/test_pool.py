@@ -5,9 +5,9 @@ from pathlib import Path
 
 from cluster.agent_types import MONO_6
 from executors.pool import (
-    GVISOR_CLOCK_S, CompiledCache, PoolSpec, lend_packages, packages_digest, pool_name, refill_now, template,
+    GVISOR_CLOCK_S, CompiledCache, lend_packages, packages_digest, pool_name, refill_now, template,
 )
-from executors.spec import SandboxSpec
+from executors.spec import PoolSpec, SandboxSpec
 
 PACKAGES = PoolSpec(MONO_6.name, cache_mb=8, packages_dir="/cache/sandboxes")
 

@@ -11,7 +11,8 @@ import pytest
 import ray
 
 from cluster.agent_types import MONO_6
-from executors.pool import NAMESPACE, PER_SLOT, REFILL_AFTER_S, PoolSpec, pool_for, pool_name
+from executors.pool import NAMESPACE, PER_SLOT, REFILL_AFTER_S, pool_for, pool_name
+from executors.spec import PoolSpec
 from executors.reaper import reap
 from executors.spec import CONTAINER_PREFIX, Limits, SandboxSpec
 from executors.sandbox import remove_container
