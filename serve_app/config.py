@@ -5,16 +5,34 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from cluster.agent_types import CATALOGUE
 from executors.nuget import config as nuget_config
-from executors.spec import Limits
-from serve_app.models import LIMIT_MINIMUMS
+from executors.nuget.restore import NuGetSpec
+from serve_app.models import LIMITS, limit_bounds, not_bool
 
-#: the sandbox limits, each also a setting of the same name and an agent-type override key
-LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
+#: the sandbox limits (executors/limits.py), each also a setting of the same name and an agent-type override key
+LIMIT_FIELDS = tuple(LIMITS)
+
+#: an agent type's own limits and network (AGENT_OVERRIDES): any of the limits, a number within the
+#: bounds of the setting of the same name, and network; pydantic refuses anything else
+AgentOverride = TypedDict("AgentOverride", {
+    **{name: Annotated[limit.type, BeforeValidator(not_bool), Field(**limit_bounds(name))]
+       for name, limit in LIMITS.items()},
+    "network": Literal["none", "egress"],
+}, total=False)
+AgentOverride.__pydantic_config__ = ConfigDict(extra="forbid")
+
+#: what a restore may use unless the deployment sets otherwise: NuGetSpec's defaults (executors/nuget/restore.py)
+NUGET_DEFAULTS = {f.name: f.default for f in fields(NuGetSpec)}
+
+
+def limit_setting(name: str) -> Any:
+    """The setting of the sandbox limit `name`: its default and bounds from executors/limits.py."""
+    return Field(LIMITS[name].default, **limit_bounds(name))
 
 
 class Settings(BaseSettings):
@@ -42,22 +60,22 @@ class Settings(BaseSettings):
     #: sandbox: ~0.2 core-s and ~0.2 s less each, a third of a job's CPU on 2 cores; same limits,
     #: same hostile tests). Sandboxes with network egress or runtime runc always go through Docker
     sandbox_engine: Literal["docker", "runsc"] = "docker"
-    #: limits of every sandbox
-    wall_time_s: float = Field(60.0, gt=0, le=3600)
-    memory_mb: int = Field(512, ge=LIMIT_MINIMUMS["memory_mb"], le=65536)
-    cpus: float = Field(1.0, ge=LIMIT_MINIMUMS["cpus"], le=64)
-    pids: int = Field(256, ge=LIMIT_MINIMUMS["pids"], le=65536)
-    nofile: int = Field(256, ge=LIMIT_MINIMUMS["nofile"], le=1 << 20)
-    disk_mb: int = Field(64, ge=LIMIT_MINIMUMS["disk_mb"], le=1 << 20)
-    tmp_mb: int = Field(16, ge=LIMIT_MINIMUMS["tmp_mb"], le=1 << 20)
-    output_bytes: int = Field(1 << 20, ge=LIMIT_MINIMUMS["output_bytes"], le=64 << 20)
+    #: limits of every sandbox; their defaults and bounds are executors/limits.py's table
+    wall_time_s: float = limit_setting("wall_time_s")
+    memory_mb: int = limit_setting("memory_mb")
+    cpus: float = limit_setting("cpus")
+    pids: int = limit_setting("pids")
+    nofile: int = limit_setting("nofile")
+    disk_mb: int = limit_setting("disk_mb")
+    tmp_mb: int = limit_setting("tmp_mb")
+    output_bytes: int = limit_setting("output_bytes")
     #: sandbox network of every agent type: none, or egress (public addresses only, see SECURITY.md)
     network: Literal["none", "egress"] = "none"
     #: networks that egress sandboxes may reach although private (e.g. an internal NuGet feed), comma separated
     egress_allow: Annotated[list[str], NoDecode] = []
-    #: per agent type overrides of the limits above and of `network`, as JSON, e.g.
+    #: per agent type (of the catalogue) overrides of the limits above and of `network`, as JSON, e.g.
     #: {"linux-amd64-mono-6": {"memory_mb": 1024, "network": "egress"}}
-    agent_overrides: dict[str, dict[str, Any]] = {}
+    agent_overrides: dict[Literal[tuple(CATALOGUE)], AgentOverride] = {}
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
     #: pre-started sandboxes per node and sandbox profile: -1 eight (PER_SLOT) per slot the node
@@ -78,21 +96,21 @@ class Settings(BaseSettings):
     nuget_config_xml: str = ""
     #: where each node keeps restored packages (bounded by nuget_cache_mb, least recently used go first)
     nuget_cache_dir: str = "/var/cache/dotnet-scripts/nuget"
-    nuget_cache_mb: int = Field(2048, ge=16, le=1 << 20)
+    nuget_cache_mb: int = Field(NUGET_DEFAULTS["cache_mb"], ge=16, le=1 << 20)
     #: a .nupkg larger than this is not downloaded
-    nuget_max_package_mb: int = Field(64, ge=1, le=4096)
+    nuget_max_package_mb: int = Field(NUGET_DEFAULTS["max_package_mb"], ge=1, le=4096)
     #: a package that expands to more than this is refused (zip bombs)
-    nuget_max_extract_mb: int = Field(256, ge=1, le=16384)
+    nuget_max_extract_mb: int = Field(NUGET_DEFAULTS["max_extract_mb"], ge=1, le=16384)
     #: the whole restore of a job's packages, before its sandbox starts
-    nuget_restore_timeout_s: float = Field(120.0, gt=0, le=3600)
+    nuget_restore_timeout_s: float = Field(NUGET_DEFAULTS["timeout_s"], gt=0, le=3600)
     #: one job's restore, all its packages together (cached ones too: they stay pinned while it runs)
-    nuget_budget_download_mb: int = Field(256, ge=1, le=65536)
-    nuget_budget_extract_mb: int = Field(512, ge=1, le=65536)
-    nuget_budget_files: int = Field(20000, ge=1, le=1_000_000)
-    nuget_budget_packages: int = Field(100, ge=1, le=1000)
+    nuget_budget_download_mb: int = Field(NUGET_DEFAULTS["budget_download_mb"], ge=1, le=65536)
+    nuget_budget_extract_mb: int = Field(NUGET_DEFAULTS["budget_extract_mb"], ge=1, le=65536)
+    nuget_budget_files: int = Field(NUGET_DEFAULTS["budget_files"], ge=1, le=1_000_000)
+    nuget_budget_packages: int = Field(NUGET_DEFAULTS["budget_packages"], ge=1, le=1000)
     #: the restore runs in a cgroup of its own: its CPU quota and memory limit
-    nuget_restore_cpus: float = Field(1.0, ge=0.01, le=256)
-    nuget_restore_memory_mb: int = Field(512, ge=64, le=1 << 20)
+    nuget_restore_cpus: float = Field(NUGET_DEFAULTS["restore_cpus"], ge=0.01, le=256)
+    nuget_restore_memory_mb: int = Field(NUGET_DEFAULTS["restore_memory_mb"], ge=64, le=1 << 20)
     #: how often each replica looks for stale jobs and expired results
     sweep_interval_s: float = Field(60.0, gt=0, le=86400)
     #: a job PENDING or RUNNING this long without news becomes REJECTED (the original: 5 min)
@@ -137,28 +155,6 @@ class Settings(BaseSettings):
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(n, strict=False)) for n in v]
-
-    @field_validator("agent_overrides")
-    @classmethod
-    def _overrides(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for name, over in v.items():
-            if name not in CATALOGUE:
-                raise ValueError(f"agent_overrides: unknown agent type {name!r}")
-            unknown = set(over) - set(LIMIT_FIELDS) - {"network"}
-            if unknown:
-                raise ValueError(f"agent_overrides[{name}]: unknown keys {sorted(unknown)}; "
-                                 f"known: {sorted(LIMIT_FIELDS)} and network")
-            if over.get("network", "none") not in ("none", "egress"):
-                raise ValueError(f"agent_overrides[{name}].network must be none or egress")
-            for key in set(over) & set(LIMIT_FIELDS):  # within the bounds of the setting of the same name
-                if isinstance(over[key], bool):  # JSON true would pass as 1
-                    raise ValueError(f"agent_overrides[{name}].{key}: not a number")
-                field = cls.model_fields[key]
-                try:
-                    over[key] = TypeAdapter(Annotated[field.annotation, *field.metadata]).validate_python(over[key])
-                except ValidationError as e:
-                    raise ValueError(f"agent_overrides[{name}].{key}: {e.errors()[0]['msg']}") from None
-        return v
 
     @field_validator("pool_warmup", mode="before")
     @classmethod

@@ -16,6 +16,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from sqlmodel import Column, DateTime, Field as SQLField, Index, SQLModel, Text
 
+from executors.limits import TABLE as LIMITS
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -85,11 +87,28 @@ Identifier36 = Annotated[str, StringConstraints(min_length=1, max_length=36, pat
                          BeforeValidator(_no_control)]
 
 
-#: the least of each limit a sandbox can have, for the deployment's settings and a job's own: Docker
-#: refuses a CPU quota under 0.01 core and takes 0 for none (a job asking for 1e-12 cores got no
-#: CPU limit at all); Mono cannot start with less memory, fewer processes or fewer open files
-LIMIT_MINIMUMS = {"memory_mb": 64, "cpus": 0.01, "pids": 64, "nofile": 32, "disk_mb": 1, "tmp_mb": 1,
-                  "output_bytes": 1024}
+def not_bool(value):
+    """A number's validator: JSON `true` is not a number of megabytes (pydantic would take it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    return value
+
+
+def limit_bounds(name: str, *, capped: bool = True) -> dict[str, float]:
+    """The bounds of the limit `name` (executors/limits.py) as Field's arguments: its minimum, and its
+    maximum unless not capped (a job's own limit: its agent type's is its most, serve_app/plan.py)."""
+    limit = LIMITS[name]
+    least = {"gt" if limit.exclusive_minimum else "ge": limit.minimum}
+    return {**least, "le": limit.maximum} if capped else least
+
+
+#: the least of each limit a sandbox can have (the wall time: more than its minimum, 0)
+LIMIT_MINIMUMS = {name: limit.minimum for name, limit in LIMITS.items() if not limit.exclusive_minimum}
+
+
+def _job_limit(name: str, description: str):
+    """A job's own limit `name`: none, or at least its minimum (and at most its agent type's, serve_app/plan.py)."""
+    return Field(None, description=description, **limit_bounds(name, capped=False))
 
 
 class JobLimits(ApiModel):
@@ -98,18 +117,16 @@ class JobLimits(ApiModel):
     @field_validator("*", mode="before")
     @classmethod
     def _numbers_only(cls, v):
-        if isinstance(v, bool):  # JSON `true` is not a number of megabytes (pydantic would take it as 1)
-            raise ValueError("must be a number")
-        return v
+        return not_bool(v)
 
-    wall_time_s: Optional[float] = Field(None, gt=0, description="wall-clock seconds")
-    memory_mb: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["memory_mb"], description="RAM in MiB (no swap)")
-    cpus: Optional[float] = Field(None, ge=LIMIT_MINIMUMS["cpus"], description="CPU quota in cores")
-    pids: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["pids"], description="processes and threads")
-    nofile: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["nofile"], description="open files per process")
-    disk_mb: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["disk_mb"], description="the work directory's size in MiB")
-    tmp_mb: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["tmp_mb"], description="/tmp's size in MiB")
-    output_bytes: Optional[int] = Field(None, ge=LIMIT_MINIMUMS["output_bytes"], description="cap of stdout and of stderr, each")
+    wall_time_s: Optional[float] = _job_limit("wall_time_s", "wall-clock seconds")
+    memory_mb: Optional[int] = _job_limit("memory_mb", "RAM in MiB (no swap)")
+    cpus: Optional[float] = _job_limit("cpus", "CPU quota in cores")
+    pids: Optional[int] = _job_limit("pids", "processes and threads")
+    nofile: Optional[int] = _job_limit("nofile", "open files per process")
+    disk_mb: Optional[int] = _job_limit("disk_mb", "the work directory's size in MiB")
+    tmp_mb: Optional[int] = _job_limit("tmp_mb", "/tmp's size in MiB")
+    output_bytes: Optional[int] = _job_limit("output_bytes", "cap of stdout and of stderr, each")
 
 
 class JobConfig(ApiModel):

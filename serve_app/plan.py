@@ -26,9 +26,10 @@ class Plan:
 
 
 def agent_profile(settings: Settings, agent_type: str) -> tuple[Limits, str]:
-    """The most an agent type's jobs may have: its limits and network mode."""
+    """The most an agent type's jobs may have: its limits and network mode, the settings' unless
+    AGENT_OVERRIDES sets them (validated there: within the same bounds, of the same types)."""
     over = settings.agent_overrides.get(agent_type, {})
-    limits = Limits(**{k: type(getattr(settings, k))(over.get(k, getattr(settings, k))) for k in LIMIT_FIELDS})
+    limits = Limits(**{k: over.get(k, getattr(settings, k)) for k in LIMIT_FIELDS})
     return limits, over.get("network", settings.network)
 
 
