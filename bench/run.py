@@ -36,15 +36,15 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.agent_types import MONO_6  # noqa: E402
 from executors.engines.runsc import CGROUP_PARENT  # noqa: E402
-from tests.nuget_feed import build_packages, serve as serve_feed  # noqa: E402
-from tests.services import api_service  # noqa: E402
+from testing.nuget_feed import build_packages, serve as serve_feed  # noqa: E402
+from testing.services import api_service  # noqa: E402
 
 SCRIPTS = {
     "hello": 'Console.WriteLine("Hello");',
     "cpu-1s": ("long n = 0; for (long i = 2; n < 200000; i++) { bool p = true;"
                " for (long d = 2; d * d <= i; d++) if (i % d == 0) { p = false; break; } if (p) n++; }"
                " Console.WriteLine(n);"),
-    # a package and its dependency from a NuGet feed (tests/nuget_feed.py), cached after the first job
+    # a package and its dependency from a NuGet feed (testing/nuget_feed.py), cached after the first job
     "nuget": '#r "nuget: Acme.Greeter, 1.0.0"\nConsole.WriteLine(Acme.Greeter.Hello("bench"));',
 }
 #: the packages the nuget script's restore resolves, as the sandbox sees them

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, then integration tests against a real Ray, a real Docker
-# engine with runsc and the sandbox image, through HTTP. Extra arguments go to pytest.
+# Installs what the tests need (scripts/setup.sh: Docker + gVisor, the venv, the sandbox image;
+# then Redis, iproute2 and PostgreSQL's server binaries), then runs the whole suite (tests/) in one
+# pytest run, file by file as pytest collects them: the unit tests and, among them, the integration
+# tests (marked `integration`: real Docker/runsc sandboxes, Ray, the API over HTTP, PostgreSQL,
+# Redis; most of the time). Extra arguments go to pytest. The unit tests alone, in seconds and with
+# nothing but the venv:  .venv/bin/python -m pytest -m "not integration"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -10,8 +10,9 @@ import pytest
 
 from executors.engines import runsc
 from executors.sandbox import remove_container
-from tests.nuget_feed import build_packages, serve
-from tests.services import api_service, postgres
+from testing.nuget_feed import build_packages, serve
+from testing.services import api_service, postgres
+from testing.waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 MONO = "linux-amd64-mono-6"
@@ -71,16 +72,17 @@ class ContainerStarts:
     it misses none however many there are (the daemon's own backlog holds 256 events)."""
 
     def __init__(self):
+        self.since = time.time()
+        # from `since` on: what happens before the daemon has subscribed it is replayed, nothing is missed
         self.proc = subprocess.Popen(
-            ["docker", "events", "--filter", "type=container", "--filter", "event=create", "--filter", "event=rename",
+            ["docker", "events", "--since", f"{self.since:.6f}", "--filter", "type=container", "--filter", "event=create",
+             "--filter", "event=rename",
              "--format", "{{.Action}}\t{{index .Actor.Attributes \"name\"}}\t{{index .Actor.Attributes \"dotnet-scripts.job\"}}"],
             stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)  # subscribed before the first job is submitted
-        self.since = time.time()
         self.lines: list[str] = []
 
     def stop(self) -> None:
-        time.sleep(1)
+        time.sleep(1)  # the daemon's last events reach the pipe (nothing tells when they have)
         self.proc.terminate()
         self.lines = self.proc.communicate(timeout=30)[0].splitlines()
         self.lines += ["\t".join(e) for e in runsc.events(self.since)]
@@ -121,7 +123,9 @@ def database_url(new_database) -> str:
 
 def pytest_generate_tests(metafunc):
     if "new_database" in metafunc.fixturenames:
-        metafunc.parametrize("new_database", ["sqlite", "postgresql"], indirect=True, scope="session")
+        # PostgreSQL is a server the tests start: integration; SQLite runs with the unit tests
+        metafunc.parametrize("new_database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)],
+                             indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -177,13 +181,13 @@ class Jobs:
         return self.client.post("/jobs", json={"requestId": rid, "senderId": "tests", "payload": payload})
 
     def wait(self, job_id: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.client.get(f"/jobs/{job_id}").json()
-            if job["status"] in ("FINISHED", "REJECTED"):
-                return job
-            time.sleep(0.2)
-        raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+        seen = {}
+
+        def ended() -> dict | None:
+            seen["job"] = job = self.client.get(f"/jobs/{job_id}").json()
+            return job if job["status"] in ("FINISHED", "REJECTED") else None
+
+        return until(ended, timeout, lambda: f"job {job_id} finished: {seen.get('job')}", interval=0.2)
 
     def run(self, script: str, timeout: float = 60, job_config: dict | None = None) -> dict:
         r = self.submit(script, job_config=job_config)
@@ -218,6 +222,8 @@ def leftovers() -> list[str]:
 def pytest_sessionfinish(session, exitstatus):
     if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    if not any(item.get_closest_marker("integration") for item in session.items):
+        return  # unit tests alone (-m "not integration") start nothing that could be left
     left = leftovers()
     if left:
         print("\nLEFT BEHIND by the test run: " + ", ".join(left))

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -22,8 +21,11 @@ from cluster.fake_autoscaling import CONFIG, HEAD, fake_config
 from cluster.node import RAY, node_resources
 from executors.reaper import reap
 from serve_app.store import JobStore
+from testing.services import api_service, free_port
+from testing.waiting import until
 from tests.conftest import Jobs
-from tests.services import api_service, free_port
+
+pytestmark = pytest.mark.integration
 
 MONO = MONO_6.name
 IDLE_MINUTES = 0.25
@@ -112,7 +114,4 @@ def test_jobs_for_an_agent_type_without_nodes_make_the_autoscaler_add_one_which_
         assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"scaled {i}\n", job
     assert store.get(uuid.UUID(ids[0])).node_id  # ran on the node the autoscaler added
     assert slots(jobs) > 0
-    deadline = time.monotonic() + IDLE_MINUTES * 60 + 120
-    while slots(jobs) > 0:
-        assert time.monotonic() < deadline, "the idle node was not removed"
-        time.sleep(2)
+    until(lambda: slots(jobs) == 0, IDLE_MINUTES * 60 + 120, "the idle node was removed", interval=2)

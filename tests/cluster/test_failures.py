@@ -4,7 +4,6 @@ dispatcher killed during a burst, orphans reaped. (An agent type no node offers:
 
 import os
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -21,8 +20,11 @@ from executors.engines.docker import container_config, engine
 from executors.sandbox import remove_container
 from executors.reaper import reap
 from serve_app.store import JobStore
+from testing.services import api_service
+from testing.waiting import until
 from tests.conftest import ContainerStarts, Jobs, sandbox_containers
-from tests.services import api_service
+
+pytestmark = pytest.mark.integration
 
 MONO = MONO_6.name
 
@@ -64,13 +66,6 @@ def submit(stack: Stack, script: str) -> str:
 
 def status(stack: Stack, job_id: str) -> str:
     return stack.jobs.client.get(f"/jobs/{job_id}/status").json()["status"]
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.2)
 
 
 def alive_actors(stack: Stack) -> list:
@@ -118,7 +113,7 @@ def test_killing_the_dispatcher_during_a_burst_loses_no_job_and_runs_none_twice(
         return sum(status(stack, j) == "FINISHED" for j in ids)
 
     for after in (3, 20):  # twice: while the first jobs run, and again mid-burst
-        wait_until(lambda: finished() >= after, 120, f"{after} jobs finished")
+        until(lambda: finished() >= after, 120, f"{after} jobs finished", interval=0.2)
         ray.kill(ray.get_actor("dispatcher", namespace="dotnet-scripts"), no_restart=False)
     for i, job_id in enumerate(ids):
         job = stack.jobs.wait(job_id, timeout=180)
@@ -142,12 +137,12 @@ def test_an_api_replica_killed_mid_burst_loses_nothing(stack):
         return r.status_code == 200 and r.json()["status"] in ("FINISHED", "REJECTED")
 
     for job_id in ids:
-        wait_until(lambda: ended(job_id), 120, f"job {job_id} ended")
+        until(lambda: ended(job_id), 120, f"job {job_id} ended", interval=0.2)
     for i, job_id in enumerate(ids):  # the jobs never depended on the replica that took them
         job = stack.jobs.wait(job_id)
         assert job["status"] == "FINISHED" and job["result"]["stdout"] == f"r{i}\n", job
-    wait_until(lambda: len([a for a in alive_actors(stack)
-                            if "JobService" in a.class_name]) == 2, 60, "Serve replaced the replica")
+    until(lambda: len([a for a in alive_actors(stack) if "JobService" in a.class_name]) == 2, 60,
+          "Serve replaced the replica", interval=0.2)
 
 
 def test_a_node_running_jobs_has_its_orphans_reaped_at_every_sweep(stack):
@@ -159,14 +154,14 @@ def test_a_node_running_jobs_has_its_orphans_reaped_at_every_sweep(stack):
                          node_id=node, limits=Limits(wall_time_s=1), reap_grace_s=-60)  # its task died long ago
     engine().create_container_from_config(container_config(orphan), orphan.name)
     try:
-        wait_until(lambda: orphan.name not in sandbox_containers(), 30, "the orphan was reaped")
+        until(lambda: orphan.name not in sandbox_containers(), 30, "the orphan was reaped", interval=0.2)
     finally:
         remove_container(orphan.name)
 
 
 def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reaped(stack):
     job_id = submit(stack, 'System.Threading.Thread.Sleep(5000); Console.WriteLine("survived");')
-    wait_until(lambda: status(stack, job_id) == "RUNNING", 60, "the job started")
+    until(lambda: status(stack, job_id) == "RUNNING", 60, "the job started", interval=0.2)
     first = stack.store.get(uuid.UUID(job_id)).node_id
     victim = next(n for n in stack.nodes if n.node_id == first)
     stack.cluster.remove_node(victim)  # its raylet and workers die with it
@@ -188,7 +183,7 @@ def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reap
             return subprocess.run(["docker", "ps", "-a", "--filter", f"label={LABEL}.node={first}", "--format",
                                    "{{.Names}}"], capture_output=True, text=True, check=True).stdout.split()
 
-        wait_until(lambda: not left(), 30, "the dead node's sandboxes were reaped")
+        until(lambda: not left(), 30, "the dead node's sandboxes were reaped", interval=0.2)
     finally:
         remove_container(orphan.name)
 
@@ -201,7 +196,7 @@ def test_a_job_whose_second_run_is_lost_too_is_rejected_with_the_reason(stack):
             job = stack.store.get(uuid.UUID(job_id))
             return job.status.value == "RUNNING" and job.attempts == attempt and job.node_id not in lost
 
-        wait_until(running_anew, 60, f"run {attempt} started")
+        until(running_anew, 60, f"run {attempt} started", interval=0.2)
         lost.append(stack.store.get(uuid.UUID(job_id)).node_id)
         victim = next(n for n in stack.nodes if n.node_id == lost[-1])
         stack.cluster.remove_node(victim)

@@ -14,6 +14,8 @@ from cluster.status import current
 from executors.spec import Limits, SandboxSpec
 from executors.task import run_job
 
+pytestmark = pytest.mark.integration
+
 SECOND = "linux-amd64-dotnet-7"
 
 

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import pytest
@@ -15,6 +14,9 @@ from cluster.agent_types import MONO_6
 from executors import network
 from executors.spec import Limits, SandboxSpec
 from executors.sandbox import run_sandbox
+from testing.waiting import until
+
+pytestmark = pytest.mark.integration
 
 NS = "ds-test-pub"
 PUBLIC = "198.51.100.2"  #: TEST-NET-2, held by our namespace
@@ -54,10 +56,8 @@ def public_host():
             sh("ip", "route", "add", f"{addr}/32", "dev", "ds-pub0")
         server = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-m", "http.server", str(PORT),
                                    "--bind", "0.0.0.0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(50):
-            if sh("ip", "netns", "exec", NS, "bash", "-c", f"echo > /dev/tcp/127.0.0.1/{PORT}", check=False).returncode == 0:
-                break
-            time.sleep(0.1)
+        until(lambda: sh("ip", "netns", "exec", NS, "bash", "-c", f"echo > /dev/tcp/127.0.0.1/{PORT}",
+                         check=False).returncode == 0, 30, "the public test host listens", interval=0.1)
         yield
     finally:
         if server:

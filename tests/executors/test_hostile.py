@@ -16,7 +16,11 @@ from cluster.agent_types import MONO_6
 from executors.spec import KILLED, Limits, SandboxSpec
 from executors.engines.docker import engine as docker_api
 from executors.sandbox import Sandbox, run_sandbox
+from testing.scripts import FORK_BOMB, MEMORY_BOMB, SH, THREAD_BOMB
+from testing.waiting import until
 from tests.conftest import sandbox_containers
+
+pytestmark = pytest.mark.integration
 
 WALL = 10
 ENGINE = "runsc"
@@ -35,14 +39,6 @@ def run(script: str, **limits):
     start = time.monotonic()
     outcome = run_sandbox(spec, script)
     return outcome, time.monotonic() - start
-
-
-SH = 'void Sh(string cmd) {{ File.WriteAllText("x.sh", cmd); var p = Process.Start(new ProcessStartInfo("/bin/sh", "x.sh") {{ UseShellExecute = false }}); p.WaitForExit(); }}\n{}'
-
-FORK_BOMB = SH.format('Sh("f() { f | f & }; f\\n");\nSystem.Threading.Thread.Sleep(30000);\nWriteLine("survived");')
-THREAD_BOMB = ("for (int i = 0; i < 100000; i++) new System.Threading.Thread(() => System.Threading.Thread.Sleep(-1))"
-               " { IsBackground = true }.Start();\nWriteLine(\"survived\");")
-MEMORY_BOMB = "var l = new List<byte[]>();\nwhile (true) { var b = new byte[16 << 20]; for (int i = 0; i < b.Length; i += 4096) b[i] = 1; l.Add(b); }"
 
 
 @pytest.mark.parametrize("script", [FORK_BOMB, THREAD_BOMB], ids=["fork-bomb", "thread-bomb"])
@@ -216,7 +212,12 @@ def test_hostile_jobs_in_parallel_do_not_starve_a_hello_world():
     hostile = [FORK_BOMB, THREAD_BOMB, MEMORY_BOMB, "while (true) { }", "System.Threading.Thread.Sleep(-1);"] * 2
     with ThreadPoolExecutor(11) as pool:
         futures = [pool.submit(run, s) for s in hostile]
-        time.sleep(1)
+
+        def under_way() -> bool:  # every hostile job has its sandbox (or has already ended)
+            up = [n for n in sandbox_containers() if "hostile" in n]
+            return len(up) + sum(f.done() for f in futures) >= len(hostile)
+
+        until(under_way, 120, "every hostile job started", interval=0.2)
         hello = pool.submit(run, 'Console.WriteLine("Hello");', wall_time_s=30)
         outcomes = [f.result() for f in futures]
         h, took = hello.result()

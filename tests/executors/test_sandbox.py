@@ -17,6 +17,8 @@ from executors.engines.docker import engine
 from executors.sandbox import Sandbox, remove_container, run_sandbox
 from tests.conftest import sandbox_containers
 
+pytestmark = pytest.mark.integration
+
 
 def spec(**kw) -> SandboxSpec:
     return SandboxSpec(job_id=f"sandbox-{uuid.uuid4()}", image=kw.pop("image", MONO_6.image),

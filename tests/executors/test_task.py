@@ -19,7 +19,10 @@ from executors.sandbox import remove_container
 from executors.nuget.config import parse
 from executors.nuget.restore import NuGetSpec
 from executors.task import _run, run_job
+from testing.waiting import until
 from tests.conftest import POOLED, sandbox_containers
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +59,7 @@ def test_the_sandbox_of_a_killed_task_is_reaped(local_ray):
     s = spec(limits=Limits(wall_time_s=2), reap_grace_s=1)
     gen = run_job.options(resources={MONO_6.name: 1}).remote(s, "while (true) { }")
     assert ray.get(next(gen))["event"] == "RUNNING"
-    deadline = time.monotonic() + 20
-    while (worker := task_worker()) is None or s.name not in sandbox_containers():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    worker = until(lambda: s.name in sandbox_containers() and task_worker(), 20, "the task's worker and its sandbox")
     os.kill(worker, signal.SIGKILL)  # the task's worker dies: nobody will remove its sandbox
     time.sleep(4)  # past wall time + grace
     assert s.name in reap()
@@ -74,14 +74,15 @@ def pooled_containers() -> set[str]:
 def kill_pool(actor, before: set[str]) -> None:
     """Kills a pool's actor and removes its sandboxes, those it was starting as it died included."""
     ray.kill(actor)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def dead() -> bool:
         try:
             ray.get(actor.counts.remote(), timeout=5)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            break
-        assert time.monotonic() < deadline, "the pool's actor did not die"
-        time.sleep(0.1)
+            return True
+        return False
+
+    until(dead, 30, "the pool's actor died", interval=0.1)
     time.sleep(1)  # a sandbox start its end cut short has created its container by now, or never will
     for name in pooled_containers() - before:
         remove_container(name)
@@ -96,10 +97,9 @@ def test_the_pool_holds_sandboxes_per_slot_of_the_node_warmed_up_while_no_job_ru
     pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, auto), namespace=NAMESPACE)
     try:
         assert ray.get(pool.capacity.remote()) == PER_SLOT * 2  # the node offers 2 slots of the agent type
-        deadline = time.monotonic() + 60
-        while ray.get(pool.idle_count.remote(warmed=True)) < PER_SLOT * 2:  # no job runs: their runners are told to warm up
-            assert time.monotonic() < deadline, "the pool did not fill, or its runners were not warmed up"
-            time.sleep(0.5)
+        # no job runs: their runners are told to warm up
+        until(lambda: ray.get(pool.idle_count.remote(warmed=True)) >= PER_SLOT * 2, 60,
+              "the pool filled and its runners warmed up", interval=0.5)
         # a warmed runner still runs its job like any other
         again = spec()
         gen = run_job.options(resources={MONO_6.name: 1}).remote(again, 'Console.WriteLine("warm");', auto)
@@ -119,18 +119,15 @@ def test_a_lone_job_refills_the_pool_once_it_is_quiet_and_jobs_on_every_slot_ref
     def counts() -> dict:
         return ray.get(actor.counts.remote())
 
-    def until(cond, what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond(counts()):
-            assert time.monotonic() < deadline, f"{what}: {counts()}"
-            time.sleep(0.1)
+    def counts_until(cond, what: str, timeout: float = 60) -> None:
+        until(lambda: cond(counts()), timeout, lambda: f"{what}: {counts()}", interval=0.1)
 
     assert ray.get(list(start(0))[-1])["outcome"].exit_code == 0
     actor = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), spec(), pool), namespace=NAMESPACE)
     try:
-        until(lambda c: c["idle"] == 6, "the pool did not fill")
+        counts_until(lambda c: c["idle"] == 6, "the pool fills")
         lone = start(3000)
-        until(lambda c: c["active"] == 1, "the lone job did not take a sandbox")
+        counts_until(lambda c: c["active"] == 1, "the lone job takes a sandbox")
         for _ in range(10):  # while it runs, nothing is started: the CPU is its
             c = counts()
             assert c["active"] == 1 and c["idle"] + c["starting"] == 5, c
@@ -147,8 +144,8 @@ def test_a_lone_job_refills_the_pool_once_it_is_quiet_and_jobs_on_every_slot_ref
         assert refilling and max(c["starting"] for c in seen) <= 2, seen
         assert seen.index(refilling[0]) * 0.05 >= REFILL_AFTER_S / 3 and seen[0]["idle"] + seen[0]["starting"] == 3, seen
         pair = [start(4000), start(4000)]  # every slot busy: the refill starts at once
-        until(lambda c: c["active"] == 2, "the two jobs did not both take a sandbox")
-        until(lambda c: c["idle"] + c["starting"] == 6 and c["active"] == 2, "not refilled while both ran", timeout=3)
+        counts_until(lambda c: c["active"] == 2, "the two jobs both take a sandbox")
+        counts_until(lambda c: c["idle"] + c["starting"] == 6 and c["active"] == 2, "refilled while both run", timeout=3)
         assert all(ray.get(list(gen)[-1])["outcome"].exit_code == 0 for gen in pair)
     finally:
         kill_pool(actor, before)
@@ -156,14 +153,14 @@ def test_a_lone_job_refills_the_pool_once_it_is_quiet_and_jobs_on_every_slot_ref
 
 def retired(name: str) -> None:
     """Waits for the pool of this name to retire (it has had no job for its idle_s)."""
-    deadline = time.monotonic() + 30
-    while True:
+    def gone() -> bool:
         try:
             ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
-            return
-        assert time.monotonic() < deadline, "the idle pool is still there"
-        time.sleep(0.5)
+            return True
+        return False
+
+    until(gone, 30, "the idle pool retired", interval=0.5)
 
 
 def test_an_idle_pool_removes_its_sandboxes_and_itself_and_a_later_job_still_runs(local_ray):
@@ -214,10 +211,8 @@ def test_a_repeated_script_runs_from_the_pools_compiled_cache(local_ray):
     pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, cached), namespace=NAMESPACE)
     stats = ray.get(pool.cache_stats.remote())
     assert stats["entries"] == 1 and stats["hits"] == 1 and stats["misses"] == 1
-    deadline = time.monotonic() + 30
-    while pooled_containers() - before:  # the pool retires when idle and takes its sandboxes along
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    # the pool retires when idle and takes its sandboxes along
+    until(lambda: not pooled_containers() - before, 30, "the idle pool took its sandboxes along", interval=0.5)
 
 
 def test_a_job_with_packages_runs_in_a_pooled_sandbox_that_gets_only_its_packages(local_ray, nuget_feed, tmp_path):
@@ -239,10 +234,7 @@ def test_a_job_with_packages_runs_in_a_pooled_sandbox_that_gets_only_its_package
 
     def pool_ready() -> None:
         actor = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), spec(), pool), namespace=NAMESPACE)
-        deadline = time.monotonic() + 60
-        while ray.get(actor.idle_count.remote()) < 1:
-            assert time.monotonic() < deadline, "the pool did not fill"
-            time.sleep(0.2)
+        until(lambda: ray.get(actor.idle_count.remote()) >= 1, 60, "the pool filled", interval=0.2)
         return actor
 
     run('Console.WriteLine("fills the pool");')
@@ -262,10 +254,8 @@ def test_a_job_with_packages_runs_in_a_pooled_sandbox_that_gets_only_its_package
     folders = tmp_path / "cache/sandboxes"
 
     def retired() -> None:  # an idle pool removes its sandboxes and its folder
-        deadline = time.monotonic() + 30
-        while pooled_containers() - before or any(f.name != dead.name for f in folders.iterdir()):
-            assert time.monotonic() < deadline, "the idle pool left sandboxes or package folders"
-            time.sleep(0.5)
+        until(lambda: not (pooled_containers() - before or any(f.name != dead.name for f in folders.iterdir())), 30,
+              "the idle pool removed its sandboxes and package folders", interval=0.5)
 
     # a pool that ended without retiring (its node died) left its folder: the next pool there removes it
     dead = folders / "sandbox-pool-0000000000000000-dead"

@@ -12,6 +12,8 @@ from executors.protocol import WARMUP_MARKER
 from executors.sandbox import Sandbox, run_sandbox
 from tests.conftest import sandbox_containers
 
+pytestmark = pytest.mark.integration
+
 
 def run(script: str, env: tuple = (), **limits):
     spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,

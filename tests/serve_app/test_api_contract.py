@@ -13,7 +13,10 @@ import httpx
 import pytest
 import yaml
 
+from testing.waiting import until
 from tests.conftest import MONO, ROOT, containers_created, sandbox_containers
+
+pytestmark = pytest.mark.integration
 
 
 def body(**over):
@@ -168,19 +171,11 @@ def test_status_while_running_then_finished(client, jobs):
 
 def test_deleting_a_running_job_stops_its_sandbox(client, jobs):
     job_id = jobs.submit("while (true) { }").json()["jobId"]
-    deadline = time.monotonic() + 30
-    while client.get(f"/jobs/{job_id}/status").json()["status"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    until(lambda: client.get(f"/jobs/{job_id}/status").json()["status"] == "RUNNING", 30, "the job runs", interval=0.1)
     name = f"dotnet-scripts-job-{job_id}"
-    while name not in sandbox_containers(running=True):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    until(lambda: name in sandbox_containers(running=True), 30, "its sandbox runs", interval=0.1)
     assert client.delete(f"/jobs/{job_id}").status_code == 200
-    stopped = time.monotonic()
-    while name in sandbox_containers():
-        assert time.monotonic() - stopped < 5, "the sandbox is still there 5 s after DELETE"
-        time.sleep(0.1)
+    until(lambda: name not in sandbox_containers(), 5, "the sandbox is gone after DELETE", interval=0.1)
     assert client.get(f"/jobs/{job_id}").status_code == 404
     time.sleep(2)  # and it is not started again (a pooled run once fell back to a cold start here)
     assert name not in sandbox_containers()
@@ -188,17 +183,15 @@ def test_deleting_a_running_job_stops_its_sandbox(client, jobs):
 
 def test_deleting_a_pending_job_means_it_never_runs(client, jobs):
     blockers = [jobs.submit("System.Threading.Thread.Sleep(4000);").json()["jobId"] for _ in range(2)]
-    deadline = time.monotonic() + 30
-    while any(client.get(f"/jobs/{b}/status").json()["status"] != "RUNNING" for b in blockers):
-        assert time.monotonic() < deadline  # both slots busy before the job that must wait
-        time.sleep(0.05)
+    until(lambda: all(client.get(f"/jobs/{b}/status").json()["status"] == "RUNNING" for b in blockers), 30,
+          "both slots busy before the job that must wait")
     since = str(int(time.time()) - 1)
     job_id = jobs.submit('Console.WriteLine("never");').json()["jobId"]
     assert client.get(f"/jobs/{job_id}/status").json()["status"] == "PENDING"
     assert client.delete(f"/jobs/{job_id}").status_code == 200
     for b in blockers:
         jobs.wait(b)
-    time.sleep(2)
+    time.sleep(2)  # a slot was free for that long: had it been dispatched, its sandbox is there by now
     created = containers_created(job_id, since)
     assert created == []
 
@@ -233,13 +226,21 @@ def test_health_reports_its_components(client):
     assert sandbox["details"]["runtime"] == "runsc"
 
 
+def log_once_it_has(service, text: str, timeout: float = 10) -> str:
+    """The service's console log, once `text` is in it (Ray ships its actors' lines there a moment later)."""
+    def read() -> str:
+        log = service.log.read_text(errors="replace")
+        return log if text in log else ""
+
+    return until(read, timeout, f"{text!r} in the service's log", interval=0.1)
+
+
 def test_logs_never_contain_script_text_or_output(service, jobs):
     marker = f"SECRET{uuid.uuid4().hex}"
     job = jobs.run(f'// {marker}-source\nConsole.WriteLine("{marker}-" + "out");\nConsole.Error.WriteLine("{marker}-" + "err");')
     assert job["result"]["stdout"] == f"{marker}-out\n"
-    time.sleep(1)
-    log = service.log.read_text(errors="replace")
-    assert job["jobId"] in log and "<CONTENT OMITTED>" in log
+    log = log_once_it_has(service, f"job {job['jobId']} FINISHED")  # the job's last line
+    assert "<CONTENT OMITTED>" in log
     assert marker not in log
 
 
@@ -247,12 +248,11 @@ def test_serve_s_request_lines_stay_in_serve_s_files_not_the_console(service, jo
     """RAY_SERVE_LOG_TO_STDERR=0 (cluster/node.py SERVE_TUNING): Ray would ship each of them
     through its log monitor and the GCS to the driver, four per job."""
     job = jobs.run('Console.WriteLine("hi");')
-    time.sleep(1)
-    console = service.log.read_text(errors="replace")
-    assert job["jobId"] in console  # the dispatcher's lines still come
-    assert not re.search(r"(GET|POST) /jobs\S* \d{3} ", console)
     serve_logs = service.ray_logs() / "serve"
-    assert any(re.search(r"POST /jobs \d{3} ", f.read_text(errors="replace")) for f in serve_logs.glob("*.log"))
+    until(lambda: any(re.search(r"POST /jobs \d{3} ", f.read_text(errors="replace")) for f in serve_logs.glob("*.log")),
+          10, "Serve's request lines reach its files")
+    console = log_once_it_has(service, f"job {job['jobId']} FINISHED")  # the dispatcher's lines still come
+    assert not re.search(r"(GET|POST) /jobs\S* \d{3} ", console)
 
 
 def readme_curl_commands(heading: str = "## Try it") -> list[str]:
@@ -334,7 +334,7 @@ def test_a_client_cannot_forge_a_log_line(service, client):
         for sep in ("\n", "\r", "\u2028"):
             r = client.post("/jobs", json=body(**{field: f"x{sep}{forged} INFO"}))
             assert r.status_code == 400, r.text
-    time.sleep(1)
+    time.sleep(1)  # a line it forged would be in the log by now
     assert forged not in service.log.read_text(errors="replace")
 
 

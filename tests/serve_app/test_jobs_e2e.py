@@ -3,8 +3,13 @@
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from cluster.agent_types import MONO_6
-from tests.conftest import MONO, WALL_TIME_S, containers_created, pooled_sandboxes_taken, sandbox_containers
+from testing.waiting import until
+from tests.conftest import MONO, POOLED, WALL_TIME_S, containers_created, pooled_sandboxes_taken, sandbox_containers
+
+pytestmark = pytest.mark.integration
 
 
 def test_hello_world(jobs):
@@ -129,16 +134,14 @@ def test_endpoints_of_a_job(jobs, client):
 def test_no_containers_are_left_behind(jobs):
     job = jobs.run('Console.WriteLine("last");')
     assert job["status"] == "FINISHED"
-    deadline = time.monotonic() + 10
-    while sandbox_containers() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert sandbox_containers() == []
+    until(lambda: sandbox_containers() == [], 10, lambda: f"no sandbox is left: {sandbox_containers()}", interval=0.5)
 
 
 def test_jobs_take_pre_started_sandboxes_from_the_pool(jobs):
     since = str(int(time.time()) - 1)
     jobs.run('Console.WriteLine("warm-up");')  # the pool fills while this runs
-    time.sleep(3)
+    until(lambda: any(n.startswith(POOLED) for n in sandbox_containers(pooled=True)), 60,
+          "a pre-started sandbox waits in the pool", interval=0.2)
     job = jobs.run('Console.WriteLine("pooled");')
     taken = pooled_sandboxes_taken(job["jobId"], since)
     assert len(taken) == 1 and taken[0].startswith("dotnet-scripts-job-pool-")

@@ -1,9 +1,13 @@
-"""`#r "nuget: …"` end to end: the job's NuGet.Config names the test feed (tests/nuget_feed.py), the
-node restores the packages, the gVisor sandbox gets them read-only and the script uses them."""
+"""`#r "nuget: …"` end to end: the job's NuGet.Config names the test feed (testing/nuget_feed.py),
+the node restores the packages, the gVisor sandbox gets them read-only and the script uses them."""
 
 import time
 
+import pytest
+
 from tests.conftest import containers_created, sandbox_containers
+
+pytestmark = pytest.mark.integration
 
 GREETER = '#r "nuget: Acme.Greeter, 1.0.0"\nusing Acme;\nConsole.WriteLine(Greeter.Hello("NuGet"));\n'
 

@@ -10,8 +10,11 @@ from sqlmodel import Session
 
 from serve_app.models import Job, JobRequest, JobStatus, utcnow
 from serve_app.store import JobStore
+from testing.services import api_service
+from testing.waiting import until
 from tests.conftest import MONO, Jobs
-from tests.services import api_service
+
+pytestmark = pytest.mark.integration
 
 STALE_AFTER_S = 10
 PENDING_LIMIT_S = 6  #: for jobs whose agent type no live node offers
@@ -42,13 +45,11 @@ def pjobs(policy_client) -> Jobs:
 
 
 def wait_status(client, job_id: str, wanted: set[str], timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached() -> dict | None:
         r = client.get(f"/jobs/{job_id}/status")
-        if r.status_code == 200 and r.json()["status"] in wanted:
-            return r.json()
-        time.sleep(0.2)
-    raise AssertionError(f"{job_id} never reached {wanted}")
+        return r.json() if r.status_code == 200 and r.json()["status"] in wanted else None
+
+    return until(reached, timeout, f"{job_id} reached {wanted}", interval=0.2)
 
 
 def test_pending_for_an_agent_type_no_node_offers_becomes_rejected_with_a_reason(policy_client, pjobs):
@@ -112,7 +113,6 @@ def test_unfetched_results_are_kept_longer_then_deleted(policy_client, pjobs):
     finished = time.monotonic()
     time.sleep(FETCHED_S + 1)
     assert policy_client.get(f"/jobs/{job_id}/status").status_code == 200  # not under the fetched policy
-    while policy_client.get(f"/jobs/{job_id}/status").status_code == 200:
-        assert time.monotonic() - finished < UNFETCHED_S + 5
-        time.sleep(0.2)
+    until(lambda: policy_client.get(f"/jobs/{job_id}/status").status_code != 200,
+          finished + UNFETCHED_S + 5 - time.monotonic(), "the unfetched result was deleted", interval=0.2)
     assert time.monotonic() - finished >= UNFETCHED_S - 1.5

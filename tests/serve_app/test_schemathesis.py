@@ -3,9 +3,12 @@ every response matches the schema (status code, content type, body), and invalid
 
 import os
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+
+pytestmark = pytest.mark.integration
 
 #: a schema cannot say "well-formed NuGet.Config"; generated strings are swapped for a valid one in
 #: positive cases (XML validation has its own tests in test_api_contract.py and nuget/test_config.py)

@@ -20,7 +20,10 @@ from executors.engines import runsc
 from executors.reaper import reap
 from executors.spec import KILLED, LABEL, Limits, SandboxError, SandboxSpec, labels, via_runsc
 from executors.sandbox import Sandbox, run_sandbox, stop_job_sandbox
+from testing.waiting import until
 from tests.conftest import sandbox_containers
+
+pytestmark = pytest.mark.integration  # most run runsc; the pure OCI configuration tests come along
 
 SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_id="n1", engine="runsc",
                    limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=99, nofile=77, disk_mb=8, tmp_mb=4),
@@ -96,9 +99,7 @@ def test_a_taken_sandbox_is_stopped_by_its_job_s_name():
     try:
         runner = threading.Thread(target=lambda: got.update(e=_run_expecting_error(s, job)))
         runner.start()
-        deadline = time.monotonic() + 20
-        while f"dotnet-scripts-job-{job}" not in sandbox_containers() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until(lambda: f"dotnet-scripts-job-{job}" in sandbox_containers(), 20, "the job has taken the sandbox")
         stop_job_sandbox(job)  # as the service does on DELETE, from another process
         runner.join(20)
         assert got["e"] is True and not runner.is_alive()
@@ -121,10 +122,7 @@ def test_an_orphan_s_sandbox_is_reaped_with_its_cgroups():
     proc = subprocess.Popen(runsc.run_args(s, runsc.write_bundle(s, labels(s))), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # nobody will read or stop it
     try:
-        deadline = time.monotonic() + 20
-        while not cgroups(s.name):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until(lambda: cgroups(s.name), 20, "the sandbox has its cgroups")
         time.sleep(1.5)  # past its deadline
         assert s.name in reap()
         proc.wait(10)
@@ -140,10 +138,7 @@ def test_what_runsc_keeps_of_a_sandbox_whose_runsc_run_was_killed_is_reaped():
     proc = subprocess.Popen(runsc.run_args(s, runsc.write_bundle(s, labels(s))), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while not (runsc.started(s.name) and runsc.exists(s.name)):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until(lambda: runsc.started(s.name) and runsc.exists(s.name), 20, "the sandbox started")
         proc.kill()  # its worker and `runsc run` die together: the sandbox stops, runsc's state stays
         proc.wait(10)
         shutil.rmtree(runsc.BUNDLES_DIR / s.name)  # and its bundle is gone already (a stop half done)
@@ -217,12 +212,9 @@ def test_a_script_whose_gvisor_dies_under_it_is_reported_killed_not_as_gvisor_s_
     runner = threading.Thread(target=lambda: outcome.setdefault(
         "o", s.run('Console.WriteLine("up");\nwhile (true) System.Threading.Thread.Sleep(50);', remove=True)))
     runner.start()
-    deadline = time.monotonic() + 30
-    while not (runsc.started(s.spec.name) and any(rss > 20_000 for _, rss in descendants(
-            int((runsc.BUNDLES_DIR / s.spec.name / "pid").read_text() or 0)))):  # Mono's stub is up
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(1)
+    until(lambda: runsc.started(s.spec.name) and any(rss > 20_000 for _, rss in descendants(
+        int((runsc.BUNDLES_DIR / s.spec.name / "pid").read_text() or 0))), 30, "Mono's stub is up", interval=0.1)
+    until(lambda: b"up\n" in s.out.data, 30, "the script printed up: it runs its loop")
     sentry = int((runsc.BUNDLES_DIR / s.spec.name / "pid").read_text())
     stub, _ = max(descendants(sentry), key=lambda p: p[1])
     os.kill(stub, signal.SIGKILL)

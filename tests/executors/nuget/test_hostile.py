@@ -1,4 +1,4 @@
-"""Restores against hostile feeds and packages on loopback (tests/nuget_feed.py): each ends as the
+"""Restores against hostile feeds and packages on loopback (testing/nuget_feed.py): each ends as the
 script's RestoreError with an `error NU…` line, in time, within the job's budget and its cgroup,
 and a feed's credentials go nowhere else. The packages are packed here (no compiler needed)."""
 
@@ -21,7 +21,10 @@ from executors.nuget.config import Source, parse
 from executors.nuget.feeds import same_origin
 from executors.nuget.packages import Target
 from executors.nuget.restore import NuGetSpec, RestoreError, references, restore
-from tests.nuget_feed import PASSWORD, USER, nuspec, pack, response, serve, serve_raw, v3_index
+from testing.nuget_feed import PASSWORD, USER, nuspec, pack, response, serve, serve_raw, v3_index
+
+# hostile feeds served on loopback, restores in cgroups of their own, deadlines waited out
+pytestmark = pytest.mark.integration
 
 LOOPBACK = ("127.0.0.0/8",)
 DLL = b"MZ" + bytes(200)
@@ -58,7 +61,7 @@ def trickle(head: bytes, body: bytes, seconds: float = 8.0):
                 return
             out.write(bytes([byte]))
             out.flush()
-            time.sleep(0.3)
+            time.sleep(0.3)  # the trickle itself
     return respond
 
 

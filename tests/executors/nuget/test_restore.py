@@ -1,4 +1,4 @@
-"""Restores against a real NuGet feed on loopback (tests/nuget_feed.py): v3, v2, credentials,
+"""Restores against a real NuGet feed on loopback (testing/nuget_feed.py): v3, v2, credentials,
 ranges, dependencies, the cache, the egress policy and hostile packages. No sandbox here: the
 packages' use inside one is tested end to end in tests/serve_app/test_nuget_e2e.py."""
 
@@ -13,6 +13,8 @@ from executors.nuget.config import Source, parse
 from executors.nuget.packages import Target
 from executors.nuget.restore import (Cache, NuGetSpec, RestoreError, references, restore)
 from executors.nuget.versions import Version
+
+pytestmark = pytest.mark.integration
 
 MONO = Target(net=(4, 8))
 LOOPBACK = ("127.0.0.1/32",)

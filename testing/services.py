@@ -1,4 +1,5 @@
-"""Real services for the tests, started on loopback and stopped by PID: PostgreSQL and the API."""
+"""Real services for the tests and benchmarks, started on loopback and stopped by PID: PostgreSQL,
+Redis and the API."""
 
 import glob
 import os
@@ -9,12 +10,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from testing.waiting import until
 
 
 def free_port() -> int:
@@ -72,11 +74,9 @@ def postgres():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, **as_pg,
     )
     try:
-        for _ in range(100):
-            if subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                              capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
+        until(lambda: subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                                     capture_output=True).returncode == 0,
+              60, f"PostgreSQL accepts connections on port {port}", interval=0.1)
         yield PgServer(bindir, port)
     finally:
         _stop(proc)
@@ -110,17 +110,22 @@ def api_service(workdir: Path, **env_overrides: str):
         proc = subprocess.Popen([sys.executable, "-m", "serve_app"], cwd=workdir, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
+
+        def not_started() -> str:
+            return "service did not start:\n" + log_path.read_text()[-4000:]
+
+        def healthy() -> bool:
+            try:
+                if httpx.get(base + "/actuator/health", timeout=2).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(not_started())
+            return False
+
         try:
-            while True:
-                try:
-                    if httpx.get(base + "/actuator/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("service did not start:\n" + log_path.read_text()[-4000:])
-                time.sleep(0.5)
+            until(healthy, 120, not_started, interval=0.5)
             yield Service(base, log_path, workdir, proc.pid)
         finally:
             _stop(proc)
@@ -132,12 +137,12 @@ def redis_server():
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        until(listening, 30, f"Redis listens on port {port}")
         yield f"redis://127.0.0.1:{port}/0", proc
     finally:
         _stop(proc, signal.SIGTERM)

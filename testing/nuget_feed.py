@@ -1,7 +1,7 @@
-"""A real NuGet feed for the tests: packages compiled with the sandbox image's mcs and packed with
-their .nuspec, served over HTTP on loopback as a v3 feed (service index + flat container), a v2
-feed (FindPackagesById + package download, which redirects like real v2 feeds do) and a private
-v3 feed that wants Basic credentials. It counts every .nupkg it hands out.
+"""A real NuGet feed for the tests and benchmarks: packages compiled with the sandbox image's mcs
+and packed with their .nuspec, served over HTTP on loopback as a v3 feed (service index + flat
+container), a v2 feed (FindPackagesById + package download, which redirects like real v2 feeds do)
+and a private v3 feed that wants Basic credentials. It counts every .nupkg it hands out.
 
 `serve_raw` is a hostile feed instead: a function writes each answer's bytes itself (a trickle,
 JSON of the wrong shape, a redirect elsewhere), and every request's headers are kept."""
