@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import floor_runner, machine_cpu_s  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
-from executors.pool import ARTIFACTS_ENV, template  # noqa: E402
+from executors.pool import template  # noqa: E402
 from executors.spec import PoolSpec  # noqa: E402
 from executors.engines.runsc import image_rootfs, oci_config  # noqa: E402
 from executors import sandbox  # noqa: E402
 from executors.spec import DELAY_BY_SHELL, SandboxSpec  # noqa: E402
+from executors import protocol  # noqa: E402
 from executors.protocol import artifact_frame  # noqa: E402
 from executors.sandbox import Sandbox  # noqa: E402
 
@@ -63,7 +64,8 @@ def job_and_teardown(engine: str, grace: float, artifact: bytes, script: str, ru
     """Machine core-seconds per job of pooled runners (started as the pool does, then idle) running a
     cached script and being removed, with `grace` for a runner that sent its end frames to end itself."""
     spec = SandboxSpec(job_id="cost", image=MONO_6.image, command=MONO_6.command, engine=engine,
-                       env=(*MONO_6.env, ARTIFACTS_ENV), delayed_start=MONO_6.delayed_start)
+                       env=MONO_6.env, end_frames=MONO_6.end_frames, artifacts=True,
+                       delayed_start=MONO_6.delayed_start)
     spec = template(spec, PoolSpec(MONO_6.name, cache_mb=64))
     boxes = [Sandbox(replace(spec, job_id=f"cost-pool-{uuid.uuid4()}")) for _ in range(runs)]
     for box in boxes:
@@ -104,11 +106,12 @@ def main() -> None:
         runsc = ["runsc", "--network=none", "--root", str(state), "run", "--bundle"]
         try:
             # the runner itself on a repeated hello world: its compiled script (as the pool keeps it) on stdin
-            runner_env = (*MONO_6.env, ARTIFACTS_ENV)
             script = 'Console.WriteLine("Hello");'
             first = Sandbox(SandboxSpec(job_id=f"cost-first-{uuid.uuid4()}", image=MONO_6.image,
-                                        command=MONO_6.command, env=runner_env, engine="runsc"))
+                                        command=MONO_6.command, env=MONO_6.env, end_frames=MONO_6.end_frames,
+                                        artifacts=True, engine="runsc"))
             first.run(script, keep_artifact=True)
+            runner_env = protocol.runner_env(first.spec)  # as the pool's runners get it
             cached = artifact_frame(first.artifact) + script.encode()
             for label, cmd, *stdin in [
                 ("host: /bin/true", ["/bin/true"]),

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from executors.nuget.packages import Target
 from executors.spec import DELAY_BY_SHELL
-from executors.protocol import END_FRAMES_ENV
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,8 @@ class AgentType:
     #: the runner hands out what it compiled and runs it again when given it (csrun's CSRUN_ARTIFACTS):
     #: repeated scripts skip the compiler
     artifacts: bool = False
+    #: the runner writes end frames (SandboxSpec.end_frames)
+    end_frames: bool = False
     #: the runner's environment in every sandbox (never secrets)
     env: tuple[tuple[str, str], ...] = ()
     #: how the image starts a command after a delay: these, the seconds, the command (pooled
@@ -42,8 +43,7 @@ MONO_6 = AgentType(
     # Mono 6.8 runs .NET Framework 4.8 assemblies; Debian's Mono has no netstandard.dll facade
     nuget=Target(net=(4, 8), netstandard=None),
     artifacts=True,
-    # end frames: the outcome is known when the runner is done, not when gVisor has torn down
-    env=(END_FRAMES_ENV,),
+    end_frames=True,
     # runner/after.c: no shell, no `sleep` process, ~0.02-0.03 core-s less per pooled sandbox
     delayed_start=("/opt/csrun/after",),
 )

@@ -23,7 +23,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from executors.nuget.restore import MOUNT_ROOT, REFERENCES_ENV
+from executors.nuget.restore import MOUNT_ROOT
 from executors.spec import Outcome, SandboxError, SandboxGone, SandboxSpec
 from executors.engines.docker import image_id
 from executors.sandbox import Sandbox, remove_container, stop_job_sandbox
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
-ARTIFACTS_ENV = ("CSRUN_ARTIFACTS", "1")  #: the runner hands out what it compiles (the compiled cache)
 WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
 #: the refill a lone job left for later (`refill_now`) starts after this long without a job: longer
 #: than the gap between one client's jobs back to back (~0.05 s), short enough that a user at a
@@ -65,11 +64,9 @@ def template(spec: SandboxSpec, pool: PoolSpec) -> SandboxSpec:
     command = spec.command
     if spec.gvisor:  # its runner starts once gVisor's clock is calibrated
         command = (*spec.delayed_start, f"{GVISOR_CLOCK_S:g}", *command)
-    env = (*[(k, v) for k, v in spec.env if k != REFERENCES_ENV],
-           *([ARTIFACTS_ENV] if pool.cache_mb > 0 else []),
-           *([(REFERENCES_ENV, "-")] if pool.packages_dir else []))
     return replace(spec, job_id="pool-template", command=command, attempt=1, node_id="",
-                   reap_grace_s=MAX_IDLE_S + 300, env=env, mounts=())
+                   reap_grace_s=MAX_IDLE_S + 300, mounts=(), references=(),
+                   artifacts=pool.cache_mb > 0, references_on_stdin=bool(pool.packages_dir))
 
 
 def node_slots(agent_type: str) -> int:
@@ -330,12 +327,12 @@ class SandboxPool:
                     if packages:
                         _lend(sandbox, packages)
                     outcome = sandbox.run(script, name=spec.name, remove=False, artifact=compiled,
-                                          keep_artifact=self.cache.on, references=_references(spec) if packages else None)
+                                          keep_artifact=self.cache.on, references=spec.references if packages else None)
                 except SandboxGone:  # only ever before the script reached it: a cold start instead
                     self._dispose(sandbox)
                     sandbox = None
             if outcome is None:  # none ready (or it was gone): a cold start, as without the pool
-                sandbox = Sandbox(replace(spec, env=(*spec.env, ARTIFACTS_ENV) if self.cache.on else spec.env))
+                sandbox = Sandbox(replace(spec, artifacts=self.cache.on))
                 outcome = sandbox.run(script, remove=False, artifact=compiled, keep_artifact=self.cache.on)
             if compiled is None and sandbox.artifact is not None:
                 self.cache.put(key, sandbox.artifact)
@@ -366,10 +363,6 @@ def _remove_folders_of_dead_pools(packages_dir: Path) -> None:
             ray.get_actor(folder.name, namespace=NAMESPACE)
         except ValueError:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _references(spec: SandboxSpec) -> tuple[str, ...]:
-    return tuple(p for k, v in spec.env if k == REFERENCES_ENV for p in v.split(":") if p)
 
 
 #: this worker's handles of its node's pools, by name: a lookup by name (`get_if_exists`) costs

@@ -22,8 +22,12 @@ EXIT_FRAME = re.compile(rb"\0csrun-exit (-?\d{1,10})\n\Z")
 END_FRAME = re.compile(rb"\0csrun-end\n\Z")
 
 
-#: in a sandbox's environment, it makes csrun write the end frames
-END_FRAMES_ENV = ("CSRUN_END", "1")
+def runner_env(spec) -> tuple[tuple[str, str], ...]:
+    """How a spec's runner options reach csrun: its environment (the only place it reads them)."""
+    return (*((("CSRUN_END", "1"),) if spec.end_frames else ()),
+            *((("CSRUN_ARTIFACTS", "1"),) if spec.artifacts else ()),
+            *((("CSRUN_REFERENCES", "-"),) if spec.references_on_stdin else
+              (("CSRUN_REFERENCES", ":".join(spec.references)),) if spec.references else ()))
 
 
 def _frame(magic: bytes, body: bytes) -> bytes:

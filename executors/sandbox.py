@@ -17,7 +17,7 @@ from docker.errors import DockerException
 from executors.engines import docker as docker_engine, runsc
 from executors.network import NetworkError, create_network, remove_network
 from executors.protocol import (
-    END_FRAME, END_FRAMES_ENV, EXIT_FRAME, WARMUP_MARKER, CappedReader, artifact_frame, references_frame,
+    END_FRAME, EXIT_FRAME, WARMUP_MARKER, CappedReader, artifact_frame, references_frame,
 )
 from executors.spec import (
     CONTAINER_PREFIX, EXIT_GRACE_S, KILLED, Outcome, SandboxError, SandboxGone, SandboxSpec, labels, via_runsc,
@@ -63,7 +63,7 @@ class Sandbox:
                     remove_network(docker_engine.engine(), self.egress)
                 raise SandboxError(str(e)) from None
         self.changed = threading.Event()  #: a reader saw an end frame, or its stream's end
-        frames = END_FRAMES_ENV in spec.env  # only then is a frame at the end not the script's output
+        frames = spec.end_frames  # only then is a frame at the end not the script's output
         self.out = CappedReader(self.proc.stdout, spec.limits.output_bytes, EXIT_FRAME if frames else None, self.changed)
         self.err = CappedReader(self.proc.stderr, spec.limits.output_bytes, END_FRAME if frames else None, self.changed)
         self.out.start()
@@ -103,8 +103,8 @@ class Sandbox:
             keep_artifact: bool = False, references: tuple[str, ...] | None = None) -> Outcome:
         """Renames the container to `name` (a job's), hands it the script and waits for the end.
         With `artifact` the runner runs that compiled script instead of compiling; with
-        `keep_artifact` the one it compiles is kept in `self.artifact` (runners with CSRUN_ARTIFACTS).
-        `references`: the job's package assemblies, for a runner started with CSRUN_REFERENCES=-."""
+        `keep_artifact` the one it compiles is kept in `self.artifact` (`spec.artifacts`).
+        `references`: the job's package assemblies, for a runner with `spec.references_on_stdin`."""
         try:
             if name and name != self.name:
                 try:

@@ -40,6 +40,15 @@ class SandboxSpec:
     #: (host path, container path) bound read-only, e.g. the job's restored NuGet packages
     mounts: tuple[tuple[str, str], ...] = ()
     env: tuple[tuple[str, str], ...] = ()  #: extra environment for the runner (never secrets)
+    #: the runner writes end frames after the script's output (executors/protocol.py): the outcome
+    #: is known when the runner is done, not when its sandbox has been torn down
+    end_frames: bool = False
+    #: the runner hands out what it compiles and runs a compiled artifact given ahead of the script
+    artifacts: bool = False
+    #: the job's package assemblies (paths inside the sandbox) the runner references
+    references: tuple[str, ...] = ()
+    #: the runner reads that list ahead of the script instead (a pooled sandbox: no job yet at its start)
+    references_on_stdin: bool = False
     #: past wall time + this, a container whose task is gone is an orphan for the reaper
     reap_grace_s: float = 60.0
     #: the Ray node that starts it: once that node is dead the container is nobody's

@@ -33,7 +33,7 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
         refs = references(script) if nuget is not None else []
         if refs:  # its packages, restored here: mounted read-only in a sandbox of its own, or lent to a pooled one
             with restore(refs, nuget) as restored:
-                spec = replace(spec, mounts=restored.mounts(), env=(*spec.env, *restored.env()))
+                spec = replace(spec, mounts=restored.mounts(), references=restored.references())
                 outcome = _run(spec, script, pool if pool is not None and pool.packages_dir else None)
                 if restored.warnings:
                     outcome = replace(outcome, stderr="\n".join(restored.warnings) + "\n" + outcome.stderr)

@@ -17,6 +17,7 @@ import docker
 import requests
 from docker.errors import DockerException
 
+from executors.protocol import runner_env
 from executors.spec import HOSTS, SandboxError, SandboxSpec, labels
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def container_config(spec: SandboxSpec, gvisor_netns: bool = False, node_cpus: i
         "User": spec.user,
         "WorkingDir": spec.work_dir,
         "Hostname": "sandbox",
-        "Env": ["DOTNET_CLI_TELEMETRY_OPTOUT=1", *[f"{k}={v}" for k, v in spec.env]],
+        "Env": ["DOTNET_CLI_TELEMETRY_OPTOUT=1", *[f"{k}={v}" for k, v in (*runner_env(spec), *spec.env)]],
         "Labels": labels(spec),
         # the script arrives on stdin, which closes once it has been sent
         "AttachStdin": True, "AttachStdout": True, "AttachStderr": True,

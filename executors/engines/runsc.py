@@ -23,6 +23,7 @@ from pathlib import Path
 from docker.errors import DockerException
 
 from executors.engines.docker import engine  # the Docker API (~1 ms, the CLI ~20 ms): on every sandbox's start
+from executors.protocol import runner_env
 from executors.spec import HOSTS
 
 RUN_DIR = Path("/run/dotnet-scripts/runsc")  #: the state of this node's runsc sandboxes
@@ -61,7 +62,7 @@ def oci_config(spec, rootfs: str, image_env: tuple[str, ...], labels: dict[str, 
     env = list(image_env)
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
-    env += ["HOSTNAME=sandbox", "DOTNET_CLI_TELEMETRY_OPTOUT=1", *(f"{k}={v}" for k, v in spec.env)]
+    env += ["HOSTNAME=sandbox", "DOTNET_CLI_TELEMETRY_OPTOUT=1", *(f"{k}={v}" for k, v in (*runner_env(spec), *spec.env))]
     return {
         "ociVersion": "1.0.2",
         "process": {

@@ -32,7 +32,6 @@ from executors.nuget.versions import Version, VersionError, VersionRange
 log = logging.getLogger(__name__)
 
 MOUNT_ROOT = "/nuget"  #: where packages appear inside the sandbox (read-only)
-REFERENCES_ENV = "CSRUN_REFERENCES"  #: the runner's list of assemblies to reference, ':'-separated
 MAX_PACKAGES = 100  #: packages in one job's dependency graph
 TIMEOUT_SETTING = "NUGET_RESTORE_TIMEOUT_S"  #: named in the message of a restore that timed out
 _DIRECTIVE = re.compile(r'^\s*#r\s+"nuget:\s*([^,"]*?)\s*(?:,\s*([^"]*?)\s*)?"\s*(?://.*)?$', re.IGNORECASE)
@@ -127,8 +126,9 @@ class Restored:
     def mounts(self) -> tuple[tuple[str, str], ...]:
         return tuple(p.mount() for p in self.packages if p.framework is not None)
 
-    def env(self) -> tuple[tuple[str, str], ...]:
-        return ((REFERENCES_ENV, ":".join(a for p in self.packages for a in p.assemblies())),)
+    def references(self) -> tuple[str, ...]:
+        """The assemblies the script references, as the sandbox sees them."""
+        return tuple(a for p in self.packages for a in p.assemblies())
 
 
 def source_identity(source: Source) -> str:

@@ -7,6 +7,7 @@ from cluster.agent_types import MONO_6
 from executors.pool import (
     GVISOR_CLOCK_S, CompiledCache, lend_packages, packages_digest, pool_name, refill_now, template,
 )
+from executors.protocol import runner_env
 from executors.spec import PoolSpec, SandboxSpec
 
 PACKAGES = PoolSpec(MONO_6.name, cache_mb=8, packages_dir="/cache/sandboxes")
@@ -18,14 +19,16 @@ def job(job_id: str = "j1", **kw) -> SandboxSpec:
 
 def test_jobs_with_and_without_packages_share_one_pool_whose_runners_read_the_list_from_stdin():
     with_packages = job("j2", mounts=(("/cache/a/lib/net45", "/nuget/a/1.0.0"),),
-                        env=(("CSRUN_REFERENCES", "/nuget/a/1.0.0/A.dll"),))
+                        references=("/nuget/a/1.0.0/A.dll",))
     t = template(with_packages, PACKAGES)
-    assert t == template(job(), PACKAGES) and t.mounts == ()
-    assert dict(t.env) == {"CSRUN_ARTIFACTS": "1", "CSRUN_REFERENCES": "-"}
+    assert t == template(job(), PACKAGES) and t.mounts == () and t.references == ()
+    assert t.artifacts and t.references_on_stdin
+    assert dict(runner_env(t)) == {"CSRUN_ARTIFACTS": "1", "CSRUN_REFERENCES": "-"}
     assert pool_name("n" * 40, with_packages, PACKAGES) == pool_name("n" * 40, job(), PACKAGES)
     # a pool that lends no packages runs its runners without the list, and is another pool
     plain = PoolSpec(MONO_6.name, cache_mb=8)
-    assert "CSRUN_REFERENCES" not in dict(template(job(), plain).env)
+    assert not template(job(), plain).references_on_stdin
+    assert "CSRUN_REFERENCES" not in dict(runner_env(template(job(), plain)))
     assert pool_name("n" * 40, job(), plain) != pool_name("n" * 40, job(), PACKAGES)
 
 

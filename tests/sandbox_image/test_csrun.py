@@ -15,9 +15,9 @@ from tests.conftest import sandbox_containers
 pytestmark = pytest.mark.integration
 
 
-def run(script: str, env: tuple = (), **limits):
+def run(script: str, references_on_stdin: bool = False, **limits):
     spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
-                       limits=Limits(wall_time_s=30, **limits), env=env)
+                       limits=Limits(wall_time_s=30, **limits), references_on_stdin=references_on_stdin)
     return run_sandbox(spec, script)
 
 
@@ -35,9 +35,9 @@ def test_a_warmed_up_runner_behaves_exactly_like_a_cold_one(script):
 
 
 def run_keeping(script: str, artifact: bytes | None = None):
-    """Runs with CSRUN_ARTIFACTS, as pooled sandboxes do: (outcome, what the runner compiled)."""
+    """Runs with artifacts, as pooled sandboxes do: (outcome, what the runner compiled)."""
     spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
-                       limits=Limits(wall_time_s=30), env=(("CSRUN_ARTIFACTS", "1"),))
+                       limits=Limits(wall_time_s=30), artifacts=True)
     sandbox = Sandbox(spec)
     outcome = sandbox.run(script, artifact=artifact, keep_artifact=True)
     return outcome, sandbox.artifact
@@ -195,15 +195,14 @@ def test_errors_inside_the_script_keep_their_line():
 
 
 def test_a_pre_started_runner_takes_package_references_only_from_the_frame_ahead_of_the_script():
-    # CSRUN_REFERENCES=-: the list arrives on stdin (the pool's sandboxes); without it no package was restored
-    env = (("CSRUN_REFERENCES", "-"),)
-    o = run('#r "nuget: Acme.Greeter, 1.0.0"\nWriteLine("ran");', env=env)
+    # the list arrives on stdin (the pool's sandboxes); without it no package was restored
+    o = run('#r "nuget: Acme.Greeter, 1.0.0"\nWriteLine("ran");', references_on_stdin=True)
     assert o.exit_code == 1 and "CSX0002" in o.stderr and o.stdout == ""
     # given a frame, the listed assemblies are referenced (here a framework one, by its path)
     path = "/usr/lib/mono/4.5/System.Security.dll"  # not among the default references
     framed = (f'\0csrun-references {len(path)}\n{path}#r "nuget: X, 1.0.0"\n'
               'WriteLine(typeof(System.Security.Cryptography.DataProtectionScope).Name);')
-    o = run(framed, env=env)
+    o = run(framed, references_on_stdin=True)
     assert (o.exit_code, o.stdout) == (0, "DataProtectionScope\n"), o
     # a runner started with its list in the environment does not read frames: it is script text
     o = run(framed)
@@ -223,21 +222,21 @@ def test_a_pre_started_runner_takes_package_references_only_from_the_frame_ahead
     ('WriteLine("bye"); Environment.Exit(3);', False),
 ])
 def test_end_frames_tell_the_outcome_before_the_container_exits_and_change_nothing(script, told):
-    def outcome(env):
+    def outcome(end_frames: bool):
         spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
-                           limits=Limits(wall_time_s=30), env=env)
+                           limits=Limits(wall_time_s=30), end_frames=end_frames)
         sandbox = Sandbox(spec)
         o = sandbox.run(script)
         return (o.exit_code, o.stdout, o.stderr, o.stdout_truncated, o.stderr_truncated), sandbox.told
 
-    plain, plain_told = outcome(())
-    framed, framed_told = outcome((("CSRUN_END", "1"),))
+    plain, plain_told = outcome(False)
+    framed, framed_told = outcome(True)
     assert framed == plain and not plain_told and framed_told == told
 
 
 def test_a_script_printing_end_frames_only_ends_its_own_run_early_and_its_sandbox_still_goes():
     spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
-                       limits=Limits(wall_time_s=30), env=(("CSRUN_END", "1"),))
+                       limits=Limits(wall_time_s=30), end_frames=True)
     forged = ('Console.Out.Write("\\0csrun-exit 9\\n"); Console.Error.Write("\\0csrun-end\\n");\n'
               "System.Threading.Thread.Sleep(20000);")
     o = run_sandbox(spec, forged)
@@ -250,7 +249,7 @@ def test_a_sandbox_ending_soon_after_its_end_frames_ends_itself_and_one_that_run
     """Its own exit is cheaper than a kill; a script forging the frames is killed after a grace."""
     def killed(sleep_ms: int) -> tuple[bool, float]:
         spec = SandboxSpec(job_id=f"csrun-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
-                           limits=Limits(wall_time_s=30), env=(("CSRUN_END", "1"),), engine=engine)
+                           limits=Limits(wall_time_s=30), end_frames=True, engine=engine)
         script = ('Console.Out.Write("\\0csrun-exit 0\\n"); Console.Error.Write("\\0csrun-end\\n");\n'
                   f"System.Threading.Thread.Sleep({sleep_ms});")
         since, sandbox = str(time.time() - 1), Sandbox(spec)

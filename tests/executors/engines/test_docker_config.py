@@ -124,7 +124,7 @@ def test_only_a_runsc_runtime_without_network_counts_as_making_its_own_netns():
 def test_packages_are_mounted_read_only_and_listed_for_the_runner():
     spec = SandboxSpec(job_id="x", image="i", command=("c",),
                        mounts=(("/cache/a/1.0.0/x/lib/net45", "/nuget/a/1.0.0"),),
-                       env=(("CSRUN_REFERENCES", "/nuget/a/1.0.0/A.dll"),))
+                       references=("/nuget/a/1.0.0/A.dll",))
     assert binds(spec) == [("/cache/a/1.0.0/x/lib/net45", "/nuget/a/1.0.0", True)]
     assert "CSRUN_REFERENCES=/nuget/a/1.0.0/A.dll" in container_config(spec)["Env"]
     assert binds(SPEC) == []  # nothing of the host without packages

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration  # most run runsc; the pure OCI configurati
 
 SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_id="n1", engine="runsc",
                    limits=Limits(wall_time_s=5, memory_mb=300, cpus=0.5, pids=99, nofile=77, disk_mb=8, tmp_mb=4),
-                   mounts=(("/host/pkgs", "/nuget/a"),), env=(("CSRUN_END", "1"),))
+                   mounts=(("/host/pkgs", "/nuget/a"),), end_frames=True)
 
 
 def config(spec: SandboxSpec = SPEC) -> dict:
@@ -84,7 +84,8 @@ def test_the_reaper_s_labels_are_the_bundle_s_annotations():
 
 def spec(**kw) -> SandboxSpec:
     return SandboxSpec(**{"job_id": f"alone-{uuid.uuid4()}", "image": MONO_6.image, "command": MONO_6.command,
-                          "env": MONO_6.env, "limits": Limits(wall_time_s=30), "engine": "runsc", **kw})
+                          "env": MONO_6.env, "end_frames": MONO_6.end_frames, "limits": Limits(wall_time_s=30),
+                          "engine": "runsc", **kw})
 
 
 def cgroups(cid: str) -> list[Path]:
@@ -248,7 +249,7 @@ def test_a_script_exiting_as_runsc_does_when_it_cannot_start_gets_its_own_outcom
     # runsc's own start failure is 128 with "running container: ..." on stderr; a script saying the
     # same was taken for it, and its stderr went into the error the dispatcher logs
     marker = f"running container: secret-{uuid.uuid4()}"
-    s = spec(env=())  # no end frames: its exit is runsc's
+    s = spec(end_frames=False)  # no end frames: its exit is runsc's
     o = run_sandbox(s, f'Console.Error.WriteLine("{marker}"); return 128;')
     assert (o.exit_code, o.stderr) == (128, marker + "\n")
     assert s.name not in sandbox_containers()

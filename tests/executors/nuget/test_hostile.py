@@ -39,7 +39,7 @@ def spec_for(url: str, tmp_path, **kw) -> NuGetSpec:
 
 def run(script: str, spec: NuGetSpec):
     with restore(references(script), spec) as restored:
-        return restored, restored.env(), [Path(src).is_dir() for src, _ in restored.mounts()]
+        return restored, restored.references(), [Path(src).is_dir() for src, _ in restored.mounts()]
 
 
 def leftovers(spec: NuGetSpec) -> list[str]:
@@ -162,7 +162,7 @@ def test_an_upper_case_lib_folder_is_nugets_lib_folder(tmp_path):
                                                      "Acme.Old")}) as feed:
         restored, env, mounted = run('#r "nuget: Acme.Old, 1.0.0"', spec_for(feed.v3(), tmp_path))
     assert restored.packages[0].framework == "net45" and mounted == [True]
-    assert dict(env)["CSRUN_REFERENCES"] == "/nuget/acme.old/1.0.0/Acme.Old.dll"
+    assert env == ("/nuget/acme.old/1.0.0/Acme.Old.dll",)
 
 
 def test_an_encrypted_entry_is_the_packages_fault(tmp_path):

@@ -45,7 +45,7 @@ def test_a_package_and_its_dependency_chain(spec):
     assert versions(restored) == {"Acme.Greeter": "1.0.0", "Acme.Formatting": "1.0.0"}
     mounts = dict((dst, src) for src, dst in restored.mounts())
     assert mounts["/nuget/acme.greeter/1.0.0"].endswith("lib/net45")
-    assert dict(restored.env())["CSRUN_REFERENCES"].split(":") == [
+    assert list(restored.references()) == [
         "/nuget/acme.greeter/1.0.0/Acme.Greeter.dll", "/nuget/acme.formatting/1.0.0/Acme.Formatting.dll"]
     for src in mounts.values():  # readable by the sandbox's unprivileged user
         assert all(os.stat(os.path.join(src, f)).st_mode & 0o004 for f in os.listdir(src))
