@@ -249,7 +249,7 @@ class SandboxPool:
     def _dispose(sandbox: Sandbox, name: str | None = None) -> None:
         """Removes a sandbox (under the job's name once taken) and its package folder."""
         if sandbox is not None:
-            sandbox.discard()  # under the job's name once taken
+            sandbox.remove()  # under the job's name once taken
         else:
             remove_container(name)
         if sandbox is not None and sandbox.folder:

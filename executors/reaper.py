@@ -8,13 +8,10 @@ was lost and this machine joined again as a new node): nobody will read them, so
 """
 
 import logging
-import subprocess
 import time
 
-from executors import network
-from executors.engines import runsc
+from executors import engines
 from executors.spec import LABEL
-from executors.engines.docker import engine
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +29,20 @@ def orphaned(labels: dict[str, str], now: float, dead_nodes: set[str]) -> bool:
     return expired(labels, now) or labels.get(f"{LABEL}.node", "") in dead_nodes
 
 
-def sandboxes() -> dict[str, dict[str, str]]:
-    """Sandbox containers on this node: name → labels."""
-    out = subprocess.run(
-        ["docker", "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}\t{{.Labels}}"],
-        capture_output=True, text=True, timeout=30,
-    ).stdout
-    found = {}
-    for line in out.splitlines():
-        name, _, labels = line.partition("\t")
-        found[name] = dict(kv.partition("=")[::2] for kv in labels.split(",") if kv)
-    return found
-
-
 def reap(everything: bool = False, dead_nodes: set[str] = frozenset()) -> list[str]:
-    """Removes orphaned sandboxes (or all of them, when this node is shutting down)."""
+    """Removes orphaned sandboxes (or all of them, when this node is shutting down), whichever
+    engine started them, and what they left behind."""
     now = time.time()
-    doomed = [name for name, labels in sandboxes().items() if everything or orphaned(labels, now, dead_nodes)]
+    doomed = []
+    for engine in engines.ALL:
+        for name, labels in engine.sandboxes().items():
+            if everything or orphaned(labels, now, dead_nodes):
+                engine.remove_by_name(name)
+                doomed.append(name)
+        engine.tidy()
     if doomed:
-        subprocess.run(["docker", "rm", "--force", *doomed], capture_output=True, timeout=60)
-    # those runsc alone started: the same labels, kept as their bundles' annotations
-    alone = [name for name, labels in runsc.sandboxes().items() if everything or orphaned(labels, now, dead_nodes)]
-    for name in alone:
-        runsc.remove(name)
-    for cid in runsc.stale():
-        runsc.forget(cid)
-    runsc.forget_dead_jobs()
-    runsc.prune_cgroups()
-    network.remove_unused_networks(engine())  # those whose sandbox went without removing them
-    if doomed or alone:
-        log.info("reaped %d sandbox containers", len(doomed) + len(alone))
-    return doomed + alone
+        log.info("reaped %d sandboxes", len(doomed))
+    return doomed
 
 
 def dead_ray_nodes() -> set[str]:

@@ -17,8 +17,10 @@ import docker
 import requests
 from docker.errors import DockerException
 
+from executors import network
+from executors.engines.base import Engine, Exit, Stdio
 from executors.protocol import runner_env
-from executors.spec import HOSTS, SandboxError, SandboxSpec, labels
+from executors.spec import HOSTS, LABEL, SandboxError, SandboxGone, SandboxSpec, labels
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,7 @@ class Attached:
         self.stdout, self.stderr = open(out, "rb"), open(err, "rb")
         self.returncode: int | None = None
         self.detached = False  #: the attach ended: the container exited, or kill() detached it
+        self.network = ""  #: its own egress network, if any (DockerEngine.start)
         self._demux = threading.Thread(target=self._split, daemon=True)
         self._demux.start()
 
@@ -231,14 +234,17 @@ class _SocketWriter:
         self.sock.shutdown(socket.SHUT_WR)
 
 
-def remove(name: str) -> None:
-    """Kills and removes a container by name (gone already: nothing to do)."""
+def remove(name: str) -> bool:
+    """Kills and removes a container by name; False if there was none of that name."""
     try:
         engine().remove_container(name, v=True, force=True)
+    except docker.errors.NotFound:
+        return False
     except DockerException:
-        pass  # gone already, or its removal is under way
+        pass  # its removal is under way
     except requests.RequestException as e:  # Docker too slow: the reaper removes it later
         log.warning("sandbox %s not removed yet: %s", name, type(e).__name__)
+    return True
 
 
 def state(name: str) -> dict | None:
@@ -257,3 +263,63 @@ def image_id(image: str) -> str:
         return engine().inspect_image(image)["Id"]
     except DockerException:
         return image
+
+
+class DockerEngine(Engine):
+    """Sandboxes as containers of this machine's Docker engine; an egress one on a network of its own."""
+
+    def start(self, spec: SandboxSpec) -> Stdio:
+        egress = ""
+        try:
+            if spec.network == "egress":
+                egress = network.create_network(engine(), spec.egress_allow)
+            attached = Attached(spec, container_config(spec, gvisor_netns=gvisor_makes_netns(), egress_network=egress))
+        except (SandboxError, network.NetworkError) as e:
+            if egress:
+                network.remove_network(engine(), egress)
+            raise SandboxError(str(e)) from None
+        attached.network = egress
+        return attached
+
+    def rename(self, spec: SandboxSpec, stdio: Stdio, name: str, new: str) -> None:
+        try:
+            engine().rename(name, new)
+        except (DockerException, requests.RequestException) as e:
+            remove(new)  # a rename whose answer timed out may have been done
+            raise SandboxGone(f"the pre-started sandbox is gone: {e}") from None
+
+    def kill(self, name: str) -> None:
+        try:
+            engine().kill(name)
+        except (DockerException, requests.RequestException):
+            pass  # it ended meanwhile, or the engine is slow: it is removed afterwards anyway
+
+    def exit(self, spec: SandboxSpec, stdio: Stdio, name: str) -> Exit | None:
+        found = state(name)
+        return None if found is None else Exit(found.get("ExitCode", stdio.returncode), bool(found.get("OOMKilled")))
+
+    def wait_exit(self, stdio: Stdio, name: str, timeout: float) -> None:
+        try:
+            engine().wait(name, timeout=timeout)  # by name: a pooled one has been detached from
+        except (DockerException, requests.RequestException):
+            pass  # still running: it is killed now
+
+    def detach(self, stdio: Stdio) -> None:
+        if stdio.poll() is None:
+            stdio.kill()
+
+    def remove(self, spec: SandboxSpec, stdio: Stdio, name: str) -> None:
+        self.detach(stdio)
+        remove(name)
+        if getattr(stdio, "network", ""):
+            network.remove_network(engine(), stdio.network)
+
+    def remove_by_name(self, name: str) -> bool:
+        return remove(name)
+
+    def sandboxes(self) -> dict[str, dict[str, str]]:
+        found = engine().containers(all=True, filters={"label": LABEL})
+        return {c["Names"][0].lstrip("/"): c.get("Labels") or {} for c in found if c.get("Names")}
+
+    def tidy(self) -> None:
+        network.remove_unused_networks(engine())  # those whose sandbox went without removing them

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -23,8 +24,11 @@ from pathlib import Path
 from docker.errors import DockerException
 
 from executors.engines.docker import engine  # the Docker API (~1 ms, the CLI ~20 ms): on every sandbox's start
+from executors.engines.base import Engine, Exit, Stdio
 from executors.protocol import runner_env
-from executors.spec import HOSTS
+from executors.spec import HOSTS, KILLED, SandboxError, SandboxGone, labels
+
+log = logging.getLogger(__name__)
 
 RUN_DIR = Path("/run/dotnet-scripts/runsc")  #: the state of this node's runsc sandboxes
 STATE_DIR = RUN_DIR / "state"  #: runsc's own (`--root`)
@@ -328,3 +332,74 @@ def forget_dead_jobs() -> None:
         for link in JOBS_DIR.iterdir():
             if not (BUNDLES_DIR / os.readlink(link)).is_dir():
                 link.unlink(missing_ok=True)
+
+
+class RunscEngine(Engine):
+    """Sandboxes started by runsc alone, each an OCI bundle run by a `runsc run` of ours."""
+
+    def start(self, spec) -> Stdio:
+        try:
+            args = run_args(spec, write_bundle(spec, labels(spec)))
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SandboxError(f"sandbox could not be prepared: {e}") from None
+        return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def up(self, spec, stdio: Stdio) -> bool:
+        return started(spec.name)
+
+    def rename(self, spec, stdio: Stdio, name: str, new: str) -> None:
+        if stdio.poll() is not None:
+            raise SandboxGone("the pre-started sandbox is gone")
+        try:
+            take(spec.name, new)
+        except OSError as e:
+            raise SandboxGone(f"the pre-started sandbox is gone: {e}") from None
+
+    def kill(self, name: str) -> None:
+        try:
+            kill(name)
+        except subprocess.SubprocessError:
+            pass  # it ended meanwhile: it is removed afterwards anyway
+
+    def exit(self, spec, stdio: Stdio, name: str) -> Exit | None:
+        """From `runsc run`'s exit. None if the sandbox was removed meanwhile (the job was stopped)
+        or runsc could not start it, as its own log says: a script exiting 128 after printing
+        runsc's words gets its own outcome."""
+        code = stdio.returncode
+        if not (BUNDLES_DIR / spec.name).is_dir():
+            return None
+        if code == START_FAILED and (failure := start_failure(spec.name)):
+            log.warning("runsc could not start sandbox %s: %s", spec.name, failure)
+            return None
+        if code != 0 and crashed(spec.name):  # the script was killed with its sandbox (by the OOM killer?)
+            code = KILLED
+        return Exit(code)  # it ran: a 125 is the script's
+
+    def wait_exit(self, stdio: Stdio, name: str, timeout: float) -> None:
+        try:
+            stdio.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass  # still running: it is killed now
+
+    def remove(self, spec, stdio: Stdio, name: str) -> None:
+        """Its `runsc run` destroys it once it ends: only if that fails is more needed."""
+        if stdio.poll() is None:
+            kill(spec.name)
+        try:
+            stdio.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stdio.kill()
+            remove(name)
+        release(name, spec.name)
+
+    def remove_by_name(self, name: str) -> bool:
+        return remove(name)
+
+    def sandboxes(self) -> dict[str, dict[str, str]]:
+        return sandboxes()
+
+    def tidy(self) -> None:
+        for cid in stale():
+            forget(cid)
+        forget_dead_jobs()
+        prune_cgroups()

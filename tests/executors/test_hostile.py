@@ -205,7 +205,7 @@ def test_a_sandbox_and_its_gofer_have_a_network_namespace_of_their_own():
         host = os.readlink("/proc/self/ns/net")
         assert host not in found.values() and len(set(found.values())) == 2
     finally:
-        box.discard()
+        box.remove()
 
 
 def test_hostile_jobs_in_parallel_do_not_starve_a_hello_world():

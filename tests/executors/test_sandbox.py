@@ -61,7 +61,7 @@ def test_a_detached_sandbox_runs_on_until_removed():
         assert sandbox.out.eof and not sandbox.alive()
         assert engine().inspect_container(s.name)["State"]["Running"]
     finally:
-        sandbox.discard()
+        sandbox.remove()
     assert s.name not in sandbox_containers()
 
 
@@ -89,7 +89,7 @@ def test_a_pooled_sandbox_renamed_after_its_job_is_still_waited_for():
         o = sandbox.run("return 5;", name=job.name, remove=False)  # no end frames: its exit is waited for
         assert (o.exit_code, sandbox.proc.returncode) == (5, 5)  # by the container's id, not its first name
     finally:
-        sandbox.discard()
+        sandbox.remove()
     assert job.name not in sandbox_containers() and pooled.name not in sandbox_containers()
 
 

@@ -227,7 +227,7 @@ def test_end_frames_tell_the_outcome_before_the_container_exits_and_change_nothi
                            limits=Limits(wall_time_s=30), end_frames=end_frames)
         sandbox = Sandbox(spec)
         o = sandbox.run(script)
-        return (o.exit_code, o.stdout, o.stderr, o.stdout_truncated, o.stderr_truncated), sandbox.told
+        return (o.exit_code, o.stdout, o.stderr, o.stdout_truncated, o.stderr_truncated), sandbox.ended_by_frames
 
     plain, plain_told = outcome(False)
     framed, framed_told = outcome(True)
@@ -256,7 +256,7 @@ def test_a_sandbox_ending_soon_after_its_end_frames_ends_itself_and_one_that_run
         start = time.monotonic()
         o = sandbox.run(script)
         took = time.monotonic() - start
-        assert o.exit_code == 0 and sandbox.told and spec.name not in sandbox_containers(), o
+        assert o.exit_code == 0 and sandbox.ended_by_frames and spec.name not in sandbox_containers(), o
         if engine == "runsc":
             return sandbox.proc.returncode == KILLED, took
         kills = subprocess.run(["docker", "events", "--since", since, "--until", str(int(time.time()) + 1),

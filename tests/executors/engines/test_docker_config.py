@@ -6,6 +6,7 @@ import pytest
 
 from executors.spec import KILLED, LABEL, Limits, SandboxSpec
 from executors.engines.docker import ETC_DIR, container_config, runsc_without_network
+from executors.engines.base import Exit
 from executors.sandbox import killed_for_memory, oom_kills
 
 SPEC = SandboxSpec(job_id="abc", image="img", command=("mono", "runner.exe"),
@@ -131,21 +132,21 @@ def test_packages_are_mounted_read_only_and_listed_for_the_runner():
 
 
 def test_docker_s_oom_mark_is_trusted():
-    assert killed_for_memory({"OOMKilled": True, "ExitCode": KILLED}, False, None, None)
+    assert killed_for_memory(Exit(KILLED, oom_killed=True), False, None, None)
 
 
 def test_a_sigkill_while_the_kernel_oom_killed_counts_when_docker_missed_the_event():
-    assert killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, False, 10, 11)
+    assert killed_for_memory(Exit(KILLED), False, 10, 11)
 
 
 def test_a_sigkill_without_an_oom_kill_is_not_memory():
-    assert not killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, False, 10, 10)
-    assert not killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, False, None, None)
+    assert not killed_for_memory(Exit(KILLED), False, 10, 10)
+    assert not killed_for_memory(Exit(KILLED), False, None, None)
 
 
 def test_our_timeout_kill_and_other_exits_are_not_memory():
-    assert not killed_for_memory({"OOMKilled": False, "ExitCode": KILLED}, True, 10, 11)
-    assert not killed_for_memory({"OOMKilled": False, "ExitCode": 1}, False, 10, 11)
+    assert not killed_for_memory(Exit(KILLED), True, 10, 11)
+    assert not killed_for_memory(Exit(1), False, 10, 11)
 
 
 def test_the_host_keeps_an_oom_kill_count():

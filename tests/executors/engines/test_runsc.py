@@ -105,7 +105,7 @@ def test_a_taken_sandbox_is_stopped_by_its_job_s_name():
         runner.join(20)
         assert got["e"] is True and not runner.is_alive()
     finally:
-        s.discard()
+        s.remove()
     assert f"dotnet-scripts-job-{job}" not in sandbox_containers() and s.spec.name not in sandbox_containers()
     assert not runsc.exists(s.spec.name) and cgroups(s.spec.name) == []
 
