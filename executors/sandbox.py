@@ -31,7 +31,7 @@ def stop_job_sandbox(job_id: str) -> None:
 
 class Sandbox:
     """A started sandbox whose runner waits for its script on stdin. It runs exactly one script;
-    started ahead of time it is what the warm pool holds (executors/pool.py)."""
+    started ahead of time it is what the warm pool holds (executors/pool/actor.py)."""
 
     def __init__(self, spec: SandboxSpec):
         self.spec, self.name = spec, spec.name

@@ -58,7 +58,7 @@ class SandboxSpec:
     #: "runsc": started by runsc alone (executors/engines/runsc.py), ~0.2 core-s less per sandbox than
     #: through Docker; only with runtime "runsc" and network "none", else Docker starts it anyway
     engine: str = "docker"
-    #: how the image starts the command after a delay (a pooled gVisor runner's, executors/pool.py)
+    #: how the image starts the command after a delay (a pooled gVisor runner's, executors/pool/actor.py)
     delayed_start: tuple[str, ...] = DELAY_BY_SHELL
 
     @property

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,10 +23,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from executors.nuget.restore import MOUNT_ROOT
-from executors.spec import Outcome, SandboxError, SandboxGone, SandboxSpec
-from executors.engines.docker import image_id
+from executors.pool.compiled_cache import CompiledCache, packages_digest
+from executors.pool.packages import lend_packages
 from executors.sandbox import Sandbox, remove_container, stop_job_sandbox
-from executors.spec import PoolSpec
+from executors.spec import Outcome, PoolSpec, SandboxError, SandboxGone, SandboxSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,85 +79,11 @@ def pool_name(node_id: str, spec: SandboxSpec, pool: PoolSpec) -> str:
     return f"sandbox-pool-{node_id[:16]}-{digest}"
 
 
-def lend_packages(folder: Path, mounts: tuple[tuple[str, str], ...]) -> None:
-    """Puts a job's restored packages (host folder → where the sandbox sees it) into a pooled
-    sandbox's package folder: hard links to the node's cache, copies where that cannot link."""
-    for source, target in mounts:
-        into = folder / os.path.relpath(target, MOUNT_ROOT)
-        into.mkdir(parents=True, exist_ok=True)
-        for f in Path(source).iterdir():
-            if f.is_file() and not f.is_symlink():  # the cache holds regular files only; never follow one
-                try:
-                    os.link(f, into / f.name)
-                except OSError:
-                    shutil.copyfile(f, into / f.name)
-        for d in (into, *into.parents):
-            if d == folder.parent:
-                break
-            os.chmod(d, 0o755)
-
-
 def _lend(sandbox: Sandbox, mounts: tuple[tuple[str, str], ...]) -> None:
     try:
         lend_packages(sandbox.folder, mounts)
     except OSError as e:  # before the script: the job can take a cold sandbox instead
         raise SandboxGone(f"its packages could not be lent: {e}") from None
-
-
-def packages_digest(mounts: tuple[tuple[str, str], ...]) -> bytes:
-    """What a job's packages are, by content: a compiled script is only reused with the same ones."""
-    h = hashlib.sha256()
-    for source, target in sorted(mounts):
-        for f in sorted(Path(source).iterdir()):
-            if f.is_file():
-                h.update(f"{target}/{f.name}\0".encode())
-                h.update(hashlib.sha256(f.read_bytes()).digest())
-    return h.digest()
-
-
-class CompiledCache:
-    """Compiled scripts of this node's pool, by script text and image, least recently used first
-    out. An entry is what a runner wrote before the script it compiled ran (so no script can forge
-    it) and is only ever handed to a new sandbox's runner: nothing writable is shared between jobs."""
-
-    def __init__(self, max_bytes: int, image: str):
-        self.max_bytes, self.on = max_bytes, max_bytes > 0
-        # the image id covers the runner and the compiler: a rebuilt image never gets old entries
-        self.image_id = image_id(image) if self.on else ""
-        self.entries: OrderedDict[str, bytes] = OrderedDict()
-        self.size = self.hits = self.misses = 0
-        self.lock = threading.Lock()
-
-    def key(self, script: str, packages: bytes = b"") -> str:
-        return hashlib.sha256(self.image_id.encode() + b"\0" + packages + b"\0" + script.encode()).hexdigest()
-
-    def get(self, key: str) -> bytes | None:
-        if not self.on:
-            return None
-        with self.lock:
-            found = self.entries.get(key)
-            if found is None:
-                self.misses += 1
-                return None
-            self.entries.move_to_end(key)
-            self.hits += 1
-            return found
-
-    def put(self, key: str, artifact: bytes) -> None:
-        if not self.on or len(artifact) > self.max_bytes:
-            return
-        with self.lock:
-            if key in self.entries:
-                return
-            self.entries[key] = artifact
-            self.size += len(artifact)
-            while self.size > self.max_bytes:
-                _, dropped = self.entries.popitem(last=False)
-                self.size -= len(dropped)
-
-    def stats(self) -> dict:
-        with self.lock:
-            return {"entries": len(self.entries), "bytes": self.size, "hits": self.hits, "misses": self.misses}
 
 
 class PoolClosed(RuntimeError):
