@@ -44,7 +44,7 @@ MONO_6 = AgentType(
     nuget=Target(net=(4, 8), netstandard=None),
     artifacts=True,
     end_frames=True,
-    # runner/after.c: no shell, no `sleep` process, ~0.02-0.03 core-s less per pooled sandbox
+    # runner/after.c: no shell, no `sleep` process per pooled sandbox
     delayed_start=("/opt/csrun/after",),
 )
 

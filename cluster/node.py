@@ -52,15 +52,13 @@ def on_the_head(near_node_id: str | None = None) -> dict:
 #: Serve's controller, proxies and replicas read them at start): set by `python -m serve_app` for
 #: its local head, by `python -m cluster.node` and by ray-cluster.yaml's start commands
 SERVE_TUNING = {
-    # the controller reconciles every 0.1 s by default: with the GCS queries each pass makes, ~0.03
-    # of an idle 2-core node's cores (measured), taken from the sandboxes in a burst; this
-    # deployment changes rarely (200 jobs at once: ~1.7% more jobs/s)
+    # the controller reconciles every 0.1 s by default, and its GCS queries take CPU from the
+    # sandboxes; this deployment changes rarely (docs/PERFORMANCE.md)
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     # per request, proxies and replicas otherwise hop between two event loops each (the router's,
     # the user code's: a thread more) and copy every log line to stderr, which Ray ships through
     # its log monitor and the GCS to the driver. Serve's lines, and the API replicas' own, stay in
-    # Serve's files (logs/serve/ of the Ray session). 200 jobs at once, two each side by side
-    # (runsc alone): the service's CPU 238-284 -> 209-224 ms per job, 3.26-3.32 -> 3.48-3.67 jobs/s
+    # Serve's files (logs/serve/ of the Ray session); the figures are in docs/PERFORMANCE.md
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",

@@ -16,9 +16,8 @@ HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 CONTAINER_PREFIX = "dotnet-scripts-job-"
 LABEL = "dotnet-scripts.job"  #: every sandbox carries it, so orphans can be found and reaped
 KILLED = 137  #: the runner died of SIGKILL: the OOM killer's, our kill on timeout, or the script's own
-#: a runner that sent its end frames is exiting: its sandbox ends on its own ~0.03 s later under runsc
-#: alone, ~0.09 s through Docker, and that costs ~0.01 core-s less than killing it (a `runsc kill`,
-#: run by us or by Docker's shim). Only a script forging the frames runs on, this long at most
+#: a runner that sent its end frames is exiting, and its own exit costs less than a kill (see
+#: docs/PERFORMANCE.md); only a script forging the frames runs on, this long at most
 EXIT_GRACE_S = 0.5
 
 
@@ -55,8 +54,8 @@ class SandboxSpec:
     node_id: str = ""
     #: which run of the job this is (a run lost with its node is tried once more)
     attempt: int = 1
-    #: "runsc": started by runsc alone (executors/engines/runsc.py), ~0.2 core-s less per sandbox than
-    #: through Docker; only with runtime "runsc" and network "none", else Docker starts it anyway
+    #: "runsc": started by runsc alone (executors/engines/runsc.py), cheaper than through Docker;
+    #: only with runtime "runsc" and network "none", else Docker starts it anyway
     engine: str = "docker"
     #: how the image starts the command after a delay (a pooled gVisor runner's, executors/pool/actor.py)
     delayed_start: tuple[str, ...] = DELAY_BY_SHELL
@@ -107,8 +106,8 @@ class PoolSpec:
     """How a node pools sandboxes for an agent type."""
     agent_type: str
     size: int = -1  #: pre-started sandboxes; -1: executors.pool.PER_SLOT per slot of the agent type on the node
-    #: a waiting runner is told to compile a small program, so the job's compile starts warm
-    #: (~0.3 s less) at the price of that CPU per job. "auto": only once the pool has run no job
+    #: a waiting runner is told to compile a small program, so the job's compile starts warm,
+    #: at the price of that CPU per job. "auto": only once the pool has run no job
     #: for a second (a user at a prompt); not in a burst or back to back, where CPU is the limit
     #: and a job would wait for a warm-up under way
     warmup: Literal["auto", "always", "never"] = "auto"

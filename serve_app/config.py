@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     #: container runtime for sandboxes; "runc" shares the host kernel: development only
     sandbox_runtime: str = "runsc"
     #: what starts a sandbox: "docker" (the design card's), or "runsc" alone (an OCI bundle per
-    #: sandbox: ~0.2 core-s and ~0.2 s less each, a third of a job's CPU on 2 cores; same limits,
-    #: same hostile tests). Sandboxes with network egress or runtime runc always go through Docker
+    #: sandbox: cheaper and quicker, same limits, same hostile tests). Sandboxes with network
+    #: egress or runtime runc always go through Docker
     sandbox_engine: Literal["docker", "runsc"] = "docker"
     #: limits of every sandbox; their defaults and bounds are executors/limits.py's table
     wall_time_s: float = limit_setting("wall_time_s")
@@ -79,11 +79,10 @@ class Settings(BaseSettings):
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
     #: pre-started sandboxes per node and sandbox profile: -1 eight (PER_SLOT) per slot the node
-    #: has of the agent type (a pooled gVisor sandbox is ready ~1.5 s after it starts, ~2.5 s
-    #: when the CPUs are busy), 0 none (all start cold)
+    #: has of the agent type, 0 none (all start cold)
     pool_size: int = Field(-1, ge=-1, le=64)
-    #: pooled runners compile a small program while they wait: ~0.3 s less per job, but that much
-    #: more CPU per job. auto: once the node's pool has run no job for a second (low load, where a
+    #: pooled runners compile a small program while they wait: a quicker job, but that much more
+    #: CPU per job. auto: once the node's pool has run no job for a second (low load, where a
     #: user waits; not in bursts, where CPU is the limit); always; never (true/false: always/never)
     pool_warmup: Literal["auto", "always", "never"] = "auto"
     #: a node's pool that had no job this long is removed, so that an autoscaler can remove the node

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from docker.errors import DockerException
 
-from executors.engines.docker import engine  # the Docker API (~1 ms, the CLI ~20 ms): on every sandbox's start
+from executors.engines.docker import engine  # the image's id on every sandbox's start: the API, not the CLI
 from executors.engines.base import Engine, Exit, Stdio
 from executors.protocol import runner_env
 from executors.spec import HOSTS, KILLED, SandboxError, SandboxGone, labels

@@ -34,18 +34,15 @@ NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
 WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
 #: the refill a lone job left for later (`refill_now`) starts after this long without a job: longer
-#: than the gap between one client's jobs back to back (~0.05 s), short enough that a user at a
-#: prompt finds the pool refilled (and warmed) when the next job comes
+#: than the gap between one client's jobs back to back, short enough that a user at a prompt finds
+#: the pool refilled (and warmed) when the next job comes
 REFILL_AFTER_S = 0.3
-#: gVisor serves clock reads through its vDSO only once it has calibrated its clock, ~1 s after the
-#: sandbox boots; until then each is a trapped syscall, and Mono's JIT reads the clock ~50 times per
-#: method it compiles (~8000 traps at start-up). A pooled runner starts after that: half the CPU of
-#: a sandbox (0.50 -> 0.22 core-s for a cached hello world), the wait costs nothing but a deeper pool
+#: gVisor serves clock reads through its vDSO only once it has calibrated its clock, about a second
+#: after the sandbox boots, and Mono's JIT reads the clock often: a pooled runner starts after that
+#: (half the CPU of a sandbox, docs/PERFORMANCE.md); the wait costs nothing but a deeper pool
 GVISOR_CLOCK_S = 1.1
-#: pooled sandboxes per slot (POOL_SIZE -1): a pooled gVisor sandbox is ready ~1.5 s after it is
-#: started, ~2.5 s while the node's CPUs are busy, so a slot running a job every ~0.4 s needs about
-#: this many coming up behind it (~50 MiB each). Measured, 200 jobs at once on 2 slots (runsc alone):
-#: 4 per slot 4.82 jobs/s, 6 per slot 5.08, 8 per slot 5.28-5.34
+#: pooled sandboxes per slot (POOL_SIZE -1): a pooled gVisor sandbox takes seconds to be ready and a
+#: busy slot takes one far more often, so this many come up behind each (docs/PERFORMANCE.md)
 PER_SLOT = 8
 
 
@@ -290,8 +287,8 @@ def _remove_folders_of_dead_pools(packages_dir: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-#: this worker's handles of its node's pools, by name: a lookup by name (`get_if_exists`) costs
-#: ~7 ms of CPU, as much as the rest of a job's Ray calls together
+#: this worker's handles of its node's pools, by name: a lookup by name (`get_if_exists`) costs as
+#: much CPU as the rest of a job's Ray calls together
 _handles: dict[str, ray.actor.ActorHandle] = {}
 
 
