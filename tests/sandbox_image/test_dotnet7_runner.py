@@ -5,7 +5,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from serve_app.dispatch import runner_input
+from serve_app.config import Settings
+from serve_app.plan import runner_input
 from serve_app.models import JobConfig
 
 RUN_SH = Path(__file__).resolve().parents[2] / "sandbox-image/dotnet-7/run.sh"
@@ -24,7 +25,7 @@ def run(tmp_path: Path, stdin: str) -> subprocess.CompletedProcess:
 
 def test_config_lands_next_to_the_script(tmp_path):
     script = 'Console.WriteLine("ü");\n'
-    r = run(tmp_path, runner_input("linux-amd64-dotnet-7", script, JobConfig(nuget_config_xml=XML)))
+    r = run(tmp_path, runner_input(Settings(), "linux-amd64-dotnet-7", script, JobConfig(nuget_config_xml=XML)))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "NuGet.Config").read_text() == XML
     assert (tmp_path / "main.csx").read_text() == script
@@ -32,7 +33,7 @@ def test_config_lands_next_to_the_script(tmp_path):
 
 
 def test_without_a_config(tmp_path):
-    r = run(tmp_path, runner_input("linux-amd64-dotnet-7", "return 0;", None))
+    r = run(tmp_path, runner_input(Settings(), "linux-amd64-dotnet-7", "return 0;", None))
     assert r.returncode == 0 and not (tmp_path / "NuGet.Config").exists()
     assert (tmp_path / "main.csx").read_text() == "return 0;"
 
