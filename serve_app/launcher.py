@@ -40,7 +40,9 @@ class Launcher:
         """Starts a job's task (once: a second start of the same job is ignored)."""
         if job_id in self.runs:
             return
-        gen = run_job.options(resources={agent_type: 1}, name=f"job-{job_id}").remote(*args)
+        # no name of its own: Ray keeps metrics per task name, and a name per job grew this actor
+        # by ~90 KiB a job (docs/RELIABILITY.md)
+        gen = run_job.options(resources={agent_type: 1}).remote(*args)
         run = self.runs[job_id] = _Run(agent_type, gen)
         asyncio.get_running_loop().create_task(self._collect(run))
 
