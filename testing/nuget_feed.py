@@ -195,12 +195,17 @@ def _handler(feed: Feed):
 @contextmanager
 def serve(packages: dict[tuple[str, str], bytes]):
     feed = Feed(packages)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(feed))
-    feed.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(feed)), feed, "127.0.0.1"):
         yield feed
+
+
+@contextmanager
+def _serving(server, feed, host: str):
+    """Serves in a thread until the block ends; the feed learns its URL."""
+    feed.url = f"http://{host}:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
     finally:
         server.shutdown()
         server.server_close()
@@ -246,12 +251,5 @@ def serve_raw(respond, host: str = "127.0.0.1"):
         daemon_threads = True
         block_on_close = False
 
-    server = Server((host, 0), Handler)
-    feed.url = f"http://{host}:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(Server((host, 0), Handler), feed, host):
         yield feed
-    finally:
-        server.shutdown()
-        server.server_close()

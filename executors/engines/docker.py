@@ -311,7 +311,7 @@ class DockerEngine(Engine):
     def remove(self, spec: SandboxSpec, stdio: Stdio, name: str) -> None:
         self.detach(stdio)
         remove(name)
-        if getattr(stdio, "network", ""):
+        if stdio.network:
             network.remove_network(engine(), stdio.network)
 
     def remove_by_name(self, name: str) -> bool:

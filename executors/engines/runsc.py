@@ -1,11 +1,8 @@
 """Sandboxes started by gVisor's runsc alone, without Docker (`SandboxSpec.engine == "runsc"`).
 
-Docker's machinery (dockerd, containerd, the shim and the runsc invocations it makes) costs about
-0.2 core-seconds per container on top of gVisor's own start (bench/sandbox_cost.py); on 2 cores
-that is a third of a job. Here the node keeps a read-only copy of the image's file system, writes
-an OCI bundle per sandbox (`oci_config`, a pure function of the spec, mirroring `container_config`)
-and runs `runsc run` on it: the same runtime, limits and hardening, one process fewer layers.
-
+Docker's machinery costs a share of every sandbox's start (docs/PERFORMANCE.md). Here the node
+keeps a read-only copy of the image's files, writes an OCI bundle per sandbox (`oci_config`, pure,
+mirroring `container_config`) and runs `runsc run` on it: the same runtime, limits and hardening.
 Sandboxes with network "egress" stay with Docker: their filtered bridge is Docker's network.
 """
 
@@ -19,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from docker.errors import DockerException
@@ -356,10 +354,8 @@ class RunscEngine(Engine):
             raise SandboxGone(f"the pre-started sandbox is gone: {e}") from None
 
     def kill(self, name: str) -> None:
-        try:
+        with suppress(subprocess.SubprocessError):  # it ended meanwhile: it is removed afterwards anyway
             kill(name)
-        except subprocess.SubprocessError:
-            pass  # it ended meanwhile: it is removed afterwards anyway
 
     def exit(self, spec, stdio: Stdio, name: str) -> Exit | None:
         """From `runsc run`'s exit. None if the sandbox was removed meanwhile (the job was stopped)
@@ -376,10 +372,8 @@ class RunscEngine(Engine):
         return Exit(code)  # it ran: a 125 is the script's
 
     def wait_exit(self, stdio: Stdio, name: str, timeout: float) -> None:
-        try:
+        with suppress(subprocess.TimeoutExpired):  # still running: it is killed now
             stdio.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass  # still running: it is killed now
 
     def remove(self, spec, stdio: Stdio, name: str) -> None:
         """Its `runsc run` destroys it once it ends: only if that fails is more needed."""
