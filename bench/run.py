@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cluster.agent_types import MONO_6  # noqa: E402
-from executors.engines.runsc import CGROUP_PARENT  # noqa: E402
+from executors.engines.oci import CGROUP_PARENT  # noqa: E402
 from testing.nuget_feed import build_packages, serve as serve_feed  # noqa: E402
 from testing.services import api_service  # noqa: E402
 

@@ -30,7 +30,7 @@ from bench.run import floor_runner, machine_cpu_s  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
 from executors.pool import template  # noqa: E402
 from executors.spec import PoolSpec  # noqa: E402
-from executors.engines.runsc import image_rootfs, oci_config  # noqa: E402
+from executors.engines.oci import image_rootfs, oci_config  # noqa: E402
 from executors import sandbox  # noqa: E402
 from executors.spec import DELAY_BY_SHELL, SandboxSpec  # noqa: E402
 from executors import protocol  # noqa: E402

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import SCRIPTS, quiet, unique  # noqa: E402
 from cluster.agent_types import MONO_6  # noqa: E402
-from executors.engines import runsc  # noqa: E402
+from executors.engines import oci, runsc  # noqa: E402
 from executors.spec import LABEL  # noqa: E402
 from testing.nuget_feed import build_packages, serve as serve_feed  # noqa: E402
 from testing.scripts import FORK_BOMB, MEMORY_BOMB, THREAD_BOMB  # noqa: E402
@@ -431,7 +431,7 @@ class Sampler:
         docker = [line.split("\t") for line in _run("docker", "ps", "-a", "--filter", f"label={LABEL}", "--format",
                                                      f'{{{{.Names}}}}\t{{{{.Label "{LABEL}.node"}}}}').splitlines()]
         bundles = runsc.sandboxes()
-        cgroups = {d.name for d in Path("/sys/fs/cgroup").glob(f"*{runsc.CGROUP_PARENT}/*") if d.is_dir()}
+        cgroups = {d.name for d in Path("/sys/fs/cgroup").glob(f"*{oci.CGROUP_PARENT}/*") if d.is_dir()}
         return {
             "docker_containers (this node's)": sum(1 for d in docker if d[-1] == self.node_id),
             "docker_containers (all with the label)": len(docker),
@@ -487,7 +487,7 @@ def leftovers(node_id: str) -> dict:
     docker = _run("docker", "ps", "-a", "--filter", f"label={LABEL}.node={node_id}", "--format", "{{.Names}}").split()
     bundles = [n for n, a in runsc.sandboxes().items() if a.get(f"{LABEL}.node") == node_id]
     return {"docker_containers": docker, "runsc_bundles": bundles,
-            "sandbox_cgroups (runsc alone's, any node's)": sorted({d.name for d in Path("/sys/fs/cgroup").glob(f"*{runsc.CGROUP_PARENT}/*")
+            "sandbox_cgroups (runsc alone's, any node's)": sorted({d.name for d in Path("/sys/fs/cgroup").glob(f"*{oci.CGROUP_PARENT}/*")
                                                                    if d.is_dir()}),
             "ip_netns": len(_run("ip", "netns", "list").splitlines()),
             "docker_netns": _entries(Path("/run/docker/netns")),

@@ -29,16 +29,16 @@ def orphaned(labels: dict[str, str], now: float, dead_nodes: set[str]) -> bool:
     return expired(labels, now) or labels.get(f"{LABEL}.node", "") in dead_nodes
 
 
-def reap(everything: bool = False, dead_nodes: set[str] = frozenset()) -> list[str]:
-    """Removes orphaned sandboxes (or all of them, when this node is shutting down), whichever
-    engine started them, and what they left behind."""
+def reap(dead_nodes: set[str] = frozenset()) -> list[str]:
+    """Removes orphaned sandboxes, whichever engine started them, and what they left behind.
+    Returns their job ids."""
     now = time.time()
     doomed = []
     for engine in engines.ALL:
-        for name, labels in engine.sandboxes().items():
-            if everything or orphaned(labels, now, dead_nodes):
-                engine.remove_by_name(name)
-                doomed.append(name)
+        for key, labels in engine.sandboxes().items():
+            if orphaned(labels, now, dead_nodes):
+                engine.remove_listed(key, labels)
+                doomed.append(labels.get(LABEL, key))
         engine.tidy()
     if doomed:
         log.info("reaped %d sandboxes", len(doomed))

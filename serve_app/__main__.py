@@ -34,7 +34,8 @@ def main() -> None:
         offers = {t: settings.local_slots for t in (settings.local_agent_types or settings.agent_types)}
         ray.init(resources=node_resources(offers, head=True), include_dashboard=True, dashboard_host="127.0.0.1")
     # the dispatcher (and the launcher that owns the runs) live near this process, on the head
-    ray.get(dispatcher(settings, ray.get_runtime_context().get_node_id(), replace_other=True).ping.remote())
+    node = ray.get_runtime_context().get_node_id()
+    ray.get(dispatcher(settings, node, replace_other=True).ping.remote())
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build(settings), name="dotnet-scripts", route_prefix="/", blocking=False)
     log.info("dotnet-scripts is up on http://%s:%d (Swagger UI: /swagger-ui)", settings.host, settings.port)
@@ -49,8 +50,8 @@ def main() -> None:
     log.info("shutting down")
     serve.shutdown()
     ray.shutdown()
-    if local:  # the sandboxes of tasks that ended with Ray are nobody's now
-        reap(everything=True)
+    if local:  # the sandboxes of tasks that ended with this node are nobody's now; others' stay
+        reap(dead_nodes={node})
         if settings.network == "egress" or any(o.get("network") == "egress" for o in settings.agent_overrides.values()):
             remove_egress(engine())
 

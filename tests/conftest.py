@@ -3,13 +3,17 @@
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from executors.engines import runsc
+from cluster.agent_types import MONO_6
+from executors.engines import oci, runsc
+from executors.engines.docker import container_config, engine
 from executors.sandbox import remove_container
+from executors.spec import Limits, SandboxSpec
 from testing.nuget_feed import build_packages, serve
 from testing.services import api_service, postgres
 from testing.waiting import until
@@ -138,13 +142,21 @@ def service(database_url, tmp_path_factory):
                NUGET_MAX_EXTRACT_MB="16",
                # the API's tests run on runsc alone; the cluster's (tests/cluster) on the default, Docker
                SANDBOX_ENGINE="runsc")
-    with api_service(tmp_path_factory.mktemp("service"), **env) as svc:
-        yield svc
-    left = sandbox_containers()
-    if left:
+    other = SandboxSpec(job_id=f"other-node-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
+                        node_id="another-node", limits=Limits(wall_time_s=7200))
+    before = set(sandbox_containers(pooled=True))
+    try:
+        with api_service(tmp_path_factory.mktemp("service"), **env) as svc:
+            yield svc
+            # another node's sandbox on this machine (its deadline far off): the service's stop leaves it
+            engine().create_container_from_config(container_config(other), other.name)
+        left = set(sandbox_containers(pooled=True)) - before - {other.name}
         for name in left:
             remove_container(name)
-        pytest.fail(f"{len(left)} sandbox containers were left behind")
+        assert not left, f"{len(left)} sandboxes were left behind: {sorted(left)}"
+        assert other.name in sandbox_containers(), "the service's stop removed another node's sandbox"
+    finally:
+        remove_container(other.name)
 
 
 @pytest.fixture(scope="session")
@@ -213,7 +225,7 @@ def leftovers() -> list[str]:
     if runsc.STATE_DIR.is_dir():
         alone = subprocess.run(runsc.runsc("list", "-quiet"), capture_output=True, text=True).stdout.split()
         found += [f"runsc sandbox {c}" for c in alone]
-    found += [f"cgroup {d}" for d in Path("/sys/fs/cgroup").glob(f"*{runsc.CGROUP_PARENT}/*") if d.is_dir()]
+    found += [f"cgroup {d}" for d in Path("/sys/fs/cgroup").glob(f"*{oci.CGROUP_PARENT}/*") if d.is_dir()]
     mounts = open("/proc/mounts").read()
     found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if "dotnet-scripts" in line]
     return found

@@ -67,7 +67,13 @@ class Engine(ABC):
 
     @abstractmethod
     def sandboxes(self) -> dict[str, dict[str, str]]:
-        """This node's sandboxes of this engine: name → labels (job, deadline, node)."""
+        """This node's sandboxes of this engine: key → labels (job, deadline, node). A key names
+        only that sandbox, never one started later under the same name."""
+
+    @abstractmethod
+    def remove_listed(self, key: str, labels: dict[str, str]) -> None:
+        """Removes a sandbox `sandboxes()` listed, and not another that took its name since (the
+        reaper's list is old by then: a lost job's next run may have started under its name)."""
 
     def tidy(self) -> None:
         """Removes what sandboxes of this engine left behind besides themselves."""

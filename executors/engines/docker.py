@@ -318,8 +318,10 @@ class DockerEngine(Engine):
         return remove(name)
 
     def sandboxes(self) -> dict[str, dict[str, str]]:
-        found = engine().containers(all=True, filters={"label": LABEL})
-        return {c["Names"][0].lstrip("/"): c.get("Labels") or {} for c in found if c.get("Names")}
+        return {c["Id"]: c.get("Labels") or {} for c in engine().containers(all=True, filters={"label": LABEL})}
+
+    def remove_listed(self, key: str, labels: dict[str, str]) -> None:
+        remove(key)  # by id: a container of the same name made since is another
 
     def tidy(self) -> None:
         network.remove_unused_networks(engine())  # those whose sandbox went without removing them

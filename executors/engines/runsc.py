@@ -8,23 +8,18 @@ Sandboxes with network "egress" stay with Docker: their filtered bridge is Docke
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
 
-from docker.errors import DockerException
-
-from executors.engines.docker import engine  # the image's id on every sandbox's start: the API, not the CLI
 from executors.engines.base import Engine, Exit, Stdio
-from executors.protocol import runner_env
-from executors.spec import HOSTS, KILLED, SandboxError, SandboxGone, labels
+from executors.engines.oci import CGROUP_PARENT, image_rootfs, oci_config
+from executors.spec import KILLED, SandboxError, SandboxGone, labels
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +31,6 @@ JOBS_DIR = RUN_DIR / "jobs"  #: a job's name → the pooled sandbox it took (run
 #: a job (under the job's name); tab separated, the last ~1 MiB (the previous one in events.1)
 EVENTS = RUN_DIR / "events"
 EVENTS_MAX_BYTES = 1 << 20
-ROOTFS_DIR = Path("/var/lib/dotnet-scripts/rootfs")  #: read-only copies of the images, by image id
-CGROUP_PARENT = "/dotnet-scripts"
-#: as under Docker; the image itself sets no PATH
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 START_FAILED = 128  #: `runsc run` itself failed (its message on stderr): not the script's fault
 PANIC_LOG = "panic.log"  #: in the bundle: what gVisor's Go runtime says when it panics
 RUNSC_LOG = "runsc.log"  #: in the bundle: runsc's warnings and errors (empty when all goes well)
@@ -48,105 +39,6 @@ RUNSC_LOG = "runsc.log"  #: in the bundle: runsc's warnings and errors (empty wh
 def runsc(*args: str) -> list[str]:
     """A runsc command line on this node's state; network "none" is the only one used here."""
     return ["runsc", "--root", str(STATE_DIR), "--network=none", *args]
-
-
-def oci_config(spec, rootfs: str, image_env: tuple[str, ...], labels: dict[str, str]) -> dict:
-    """The OCI runtime configuration of a sandbox: what `container_config` asks Docker for."""
-    lim = spec.limits
-    uid_s, _, gid_s = spec.user.partition(":")
-    uid, gid = int(uid_s), int(gid_s or uid_s)
-
-    def tmpfs(dst: str, size_mb: int, mode: str = "0700") -> dict:
-        return {"destination": dst, "type": "tmpfs", "source": "tmpfs",
-                "options": ["rw", "nosuid", "nodev", "exec", f"uid={uid}", f"gid={gid}", f"mode={mode}",
-                            f"size={size_mb}m"]}
-
-    env = list(image_env)
-    if not any(e.startswith("PATH=") for e in env):
-        env.insert(0, DEFAULT_PATH)
-    env += ["HOSTNAME=sandbox", "DOTNET_CLI_TELEMETRY_OPTOUT=1", *(f"{k}={v}" for k, v in (*runner_env(spec), *spec.env))]
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": uid, "gid": gid},
-            "args": list(spec.command),
-            "env": env,
-            "cwd": spec.work_dir,
-            "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": lim.nofile, "soft": lim.nofile},
-                        {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}],
-            "noNewPrivileges": True,
-        },
-        "root": {"path": rootfs, "readonly": True},
-        "hostname": "sandbox",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            tmpfs(spec.work_dir, lim.disk_mb),
-            tmpfs("/tmp", lim.tmp_mb),
-            *({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "nodev"]}
-              for src, dst in spec.mounts),
-        ],
-        "annotations": labels,
-        "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            "resources": {
-                "memory": {"limit": lim.memory_mb << 20, "swap": lim.memory_mb << 20},
-                "cpu": {"quota": int(lim.cpus * 100_000), "period": 100_000},
-                "pids": {"limit": lim.pids},
-            },
-            "cgroupsPath": f"{CGROUP_PARENT}/{spec.name}",
-        },
-    }
-
-
-def image_rootfs(image: str) -> tuple[str, tuple[str, ...]]:
-    """The image's file system as a read-only directory of this node, exported once per image
-    id, and its environment. Raises OSError or subprocess.CalledProcessError (our fault: no such
-    image, no space)."""
-    try:
-        inspect = engine().inspect_image(image)
-    except DockerException as e:
-        raise OSError(f"no image {image}: {e}") from None
-    rootfs = ROOTFS_DIR / inspect["Id"].removeprefix("sha256:")[:32]
-    env = tuple(inspect["Config"].get("Env") or ())
-    if rootfs.is_dir():
-        return str(rootfs), env
-    ROOTFS_DIR.mkdir(parents=True, exist_ok=True)
-    with open(ROOTFS_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one export at a time on the node (several pools may start)
-        if not rootfs.is_dir():
-            tmp = Path(tempfile.mkdtemp(dir=ROOTFS_DIR, prefix=".export-"))
-            cid = subprocess.run(["docker", "create", image], capture_output=True, text=True, check=True).stdout.strip()
-            try:
-                exporter = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
-                subprocess.run(["tar", "-x", "--numeric-owner", "-C", str(tmp)], stdin=exporter.stdout, check=True)
-                if exporter.wait() != 0:
-                    raise subprocess.CalledProcessError(exporter.returncode, "docker export")
-                # what Docker would mount: the sandbox's name and a hosts file without network
-                (tmp / "etc/hostname").write_text("sandbox\n")
-                (tmp / "etc/hosts").write_text(HOSTS)
-                tmp.chmod(0o755)
-                tmp.rename(rootfs)
-            finally:
-                subprocess.run(["docker", "rm", cid], capture_output=True)
-                shutil.rmtree(tmp, ignore_errors=True)
-            _prune_rootfs(keep=rootfs)
-    return str(rootfs), env
-
-
-def _prune_rootfs(keep: Path) -> None:
-    """Removes the copies of images no longer on the node (the sandbox image was rebuilt)."""
-    ids = set(subprocess.run(["docker", "image", "ls", "-q", "--no-trunc"], capture_output=True, text=True).stdout.split())
-    live = {i.removeprefix("sha256:")[:32] for i in ids}
-    for d in ROOTFS_DIR.iterdir():
-        if d != keep and d.is_dir() and not d.name.startswith(".") and d.name not in live:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def record(action: str, name: str, job: str = "") -> None:
@@ -237,12 +129,26 @@ def exists(cid: str) -> bool:
 
 def remove(name: str) -> bool:
     """Kills and removes the runsc sandbox of this name from any process (a job stopped, the
-    reaper): its `runsc run`, if alive, then destroys it; if that is gone too, `runsc delete`
-    does (it would wait 5 s for an exit only that parent sees, so it is not asked first). Then its
-    cgroups, bundle and job name go. False: none is known by this name here (Docker's, or gone)."""
+    reaper), then its job name. False: none is known by this name here (Docker's, or gone)."""
     cid = container_of(name)
     if cid is None:
         return False
+    destroy(cid)
+    (JOBS_DIR / name).unlink(missing_ok=True)
+    return True
+
+
+def remove_listed(cid: str, listed: dict[str, str]) -> None:
+    """Removes the sandbox `sandboxes()` listed as `cid`, unless a new one has its name by now
+    (a job's next run): its bundle's labels tell them apart. Job names go with `tidy`."""
+    if (_annotations(BUNDLES_DIR / cid) or {}) == listed:
+        destroy(cid)
+
+
+def destroy(cid: str) -> None:
+    """Its `runsc run`, if alive, is killed, then it is destroyed; if that is gone too, `runsc
+    delete` does (it would wait 5 s for an exit only that parent sees, so it is not asked first).
+    Then its cgroups and bundle go."""
     shutil.rmtree(BUNDLES_DIR / cid, ignore_errors=True)  # first: its owner then sees it was stopped
     if exists(cid):
         killed = _kill(cid)
@@ -251,8 +157,7 @@ def remove(name: str) -> bool:
             time.sleep(0.1)
         if exists(cid):
             subprocess.run(runsc("delete", "--force", cid), capture_output=True, timeout=60)
-    release(name, cid)
-    return True
+    release(None, cid)
 
 
 def _cgroups(name: str) -> list[Path]:
@@ -260,10 +165,11 @@ def _cgroups(name: str) -> list[Path]:
     return [*Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}/{name}"), *Path(f"/sys/fs/cgroup{CGROUP_PARENT}").glob(name)]
 
 
-def release(name: str, cid: str) -> None:
+def release(name: str | None, cid: str) -> None:
     """What is left of a sandbox once its `runsc run` returned (that destroyed it): the cgroups
     if it could not, the bundle, the job's name."""
-    (JOBS_DIR / name).unlink(missing_ok=True)
+    if name:
+        (JOBS_DIR / name).unlink(missing_ok=True)
     for cgroup in _cgroups(cid):
         try:
             cgroup.rmdir()
@@ -308,20 +214,25 @@ def _kill(cid: str) -> bool:
 
 
 def sandboxes() -> dict[str, dict[str, str]]:
-    """This node's runsc sandboxes: name → labels (their bundles' annotations)."""
+    """This node's runsc sandboxes: their own name (never a job's they took) → labels (their
+    bundles' annotations; {} for one half written or half removed, an orphan once a minute old)."""
     found = {}
     if BUNDLES_DIR.is_dir():
         for bundle in BUNDLES_DIR.iterdir():
+            labels = _annotations(bundle)
             try:
-                found[bundle.name] = json.loads((bundle / "config.json").read_text()).get("annotations", {})
-            except (OSError, ValueError):
-                # half written, or half removed: an orphan once it is a minute old
-                try:
-                    if time.time() - bundle.stat().st_mtime > 60:
-                        found[bundle.name] = {}
-                except FileNotFoundError:
-                    pass  # removed meanwhile
+                if labels is not None or time.time() - bundle.stat().st_mtime > 60:
+                    found[bundle.name] = labels or {}
+            except FileNotFoundError:
+                pass  # removed meanwhile
     return found
+
+
+def _annotations(bundle: Path) -> dict[str, str] | None:
+    try:
+        return json.loads((bundle / "config.json").read_text()).get("annotations", {})
+    except (OSError, ValueError):
+        return None
 
 
 def forget_dead_jobs() -> None:
@@ -391,6 +302,9 @@ class RunscEngine(Engine):
 
     def sandboxes(self) -> dict[str, dict[str, str]]:
         return sandboxes()
+
+    def remove_listed(self, key: str, labels: dict[str, str]) -> None:
+        remove_listed(key, labels)
 
     def tidy(self) -> None:
         for cid in stale():

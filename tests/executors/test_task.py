@@ -62,7 +62,7 @@ def test_the_sandbox_of_a_killed_task_is_reaped(local_ray):
     worker = until(lambda: s.name in sandbox_containers() and task_worker(), 20, "the task's worker and its sandbox")
     os.kill(worker, signal.SIGKILL)  # the task's worker dies: nobody will remove its sandbox
     time.sleep(4)  # past wall time + grace
-    assert s.name in reap()
+    assert s.job_id in reap()
     assert s.name not in sandbox_containers()
     assert all(not n.startswith(CONTAINER_PREFIX + "task-") for n in sandbox_containers())
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cluster.agent_types import MONO_6
-from executors.engines import runsc
+from executors.engines import oci, runsc
 from executors.reaper import reap
 from executors.spec import KILLED, LABEL, Limits, SandboxError, SandboxSpec, labels, via_runsc
 from executors.sandbox import Sandbox, run_sandbox, stop_job_sandbox
@@ -31,7 +31,7 @@ SPEC = SandboxSpec(job_id="j1", image="img", command=("mono", "run.exe"), node_i
 
 
 def config(spec: SandboxSpec = SPEC) -> dict:
-    return runsc.oci_config(spec, "/roots/abc", ("LANG=C.UTF-8", "HOME=/sandbox"), labels(spec))
+    return oci.oci_config(spec, "/roots/abc", ("LANG=C.UTF-8", "HOME=/sandbox"), labels(spec))
 
 
 def test_only_gvisor_without_network_is_started_alone():
@@ -55,7 +55,7 @@ def test_limits_are_the_cgroups_of_the_sandbox():
     linux = config()["linux"]
     assert linux["resources"] == {"memory": {"limit": 300 << 20, "swap": 300 << 20},
                                   "cpu": {"quota": 50_000, "period": 100_000}, "pids": {"limit": 99}}
-    assert linux["cgroupsPath"] == f"{runsc.CGROUP_PARENT}/{SPEC.name}"
+    assert linux["cgroupsPath"] == f"{oci.CGROUP_PARENT}/{SPEC.name}"
     assert {n["type"] for n in linux["namespaces"]} == {"pid", "network", "ipc", "uts", "mount"}
 
 
@@ -89,7 +89,7 @@ def spec(**kw) -> SandboxSpec:
 
 
 def cgroups(cid: str) -> list[Path]:
-    return [d for d in Path("/sys/fs/cgroup").glob(f"*{runsc.CGROUP_PARENT}/{cid}") if d.is_dir()]
+    return [d for d in Path("/sys/fs/cgroup").glob(f"*{oci.CGROUP_PARENT}/{cid}") if d.is_dir()]
 
 
 def test_a_taken_sandbox_is_stopped_by_its_job_s_name():
@@ -125,7 +125,7 @@ def test_an_orphan_s_sandbox_is_reaped_with_its_cgroups():
     try:
         until(lambda: cgroups(s.name), 20, "the sandbox has its cgroups")
         time.sleep(1.5)  # past its deadline
-        assert s.name in reap()
+        assert s.job_id in reap()
         proc.wait(10)
         assert s.name not in sandbox_containers() and not runsc.exists(s.name) and cgroups(s.name) == []
     finally:
@@ -165,7 +165,7 @@ def test_a_missing_image_is_our_error_and_leaves_nothing():
 
 
 def test_the_image_copy_is_read_only_to_the_sandbox_and_named_by_image_id():
-    rootfs, env = runsc.image_rootfs(MONO_6.image)
+    rootfs, env = oci.image_rootfs(MONO_6.image)
     image_id = json.loads(subprocess.run(["docker", "image", "inspect", MONO_6.image], capture_output=True,
                                          text=True, check=True).stdout)[0]["Id"]
     assert Path(rootfs).name == image_id.removeprefix("sha256:")[:32] and "MONO_PATH=/usr/lib/mono/4.5" in env
