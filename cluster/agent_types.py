@@ -18,6 +18,9 @@ class AgentType:
     work_dir: str = "/sandbox"  #: the script's clean, size-limited disk (a tmpfs)
     user: str = "10001:10001"  #: non-root uid:gid inside the image
     description: str = ""
+    runtime: str = ""  #: what runs the scripts, as GET /agent-types shows it
+    runtime_version: str = ""
+    language_version: str = ""  #: the C# language version scripts are compiled as
     #: what `#r "nuget: …"` packages must target; the service restores them on the node.
     #: None: the runner restores them itself from the job's NuGet.Config (dotnet-script)
     nuget: Target | None = None
@@ -40,6 +43,7 @@ MONO_6 = AgentType(
     image="dotnet-scripts/mono-6",
     command=("mono", "--debug", "-O=-inline", "/opt/csrun/csrun.exe"),
     description="C# 7.2 scripts (.csx semantics) on Debian's Mono 6.8; builds offline",
+    runtime="Mono", runtime_version="6.8", language_version="7.2",
     # Mono 6.8 runs .NET Framework 4.8 assemblies; Debian's Mono has no netstandard.dll facade
     nuget=Target(net=(4, 8), netstandard=None),
     artifacts=True,
@@ -54,6 +58,7 @@ DOTNET_7 = AgentType(
     command=("/opt/csrun/run.sh",),
     config_on_stdin=True,
     description="dotnet-script on the .NET 7 SDK; its image needs a container registry to build",
+    runtime=".NET", runtime_version="7.0", language_version="11.0",
 )
 
 #: every agent type this code knows how to run; Settings.agent_types picks the enabled ones

@@ -22,6 +22,17 @@ EXIT_FRAME = re.compile(rb"\0csrun-exit (-?\d{1,10})\n\Z")
 END_FRAME = re.compile(rb"\0csrun-end\n\Z")
 
 
+#: the script's arguments and standard input, always sent to csrun after any artifact frame
+ARGS_MAGIC = b"\0csrun-args "
+STDIN_MAGIC = b"\0csrun-stdin "
+
+
+def input_frames(args: tuple[str, ...] | list[str], stdin: bytes) -> bytes:
+    """csrun's frames of the script's arguments (each ended by a NUL, which none may hold) and its
+    standard input: length-prefixed, so no byte of either can pass for a frame or the script."""
+    return _frame(ARGS_MAGIC, b"".join(a.encode() + b"\0" for a in args)) + _frame(STDIN_MAGIC, stdin)
+
+
 def runner_env(spec) -> tuple[tuple[str, str], ...]:
     """How a spec's runner options reach csrun: its environment (the only place it reads them)."""
     return (*((("CSRUN_END", "1"),) if spec.end_frames else ()),

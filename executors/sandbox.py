@@ -75,12 +75,12 @@ class Sandbox:
         return False
 
     def run(self, script: str, name: str | None = None, remove: bool = True, artifact: bytes | None = None,
-            keep_artifact: bool = False, references: tuple[str, ...] | None = None) -> Outcome:
+            keep_artifact: bool = False, references: tuple[str, ...] | None = None, head: bytes = b"") -> Outcome:
         """Gives it `name` (a job's), hands it the script and waits for the end. SandboxGone only
         before the script reached it. With `artifact` the runner runs that compiled script instead
         of compiling; with `keep_artifact` the one it compiles is kept in `self.artifact`
         (`spec.artifacts`). `references`: the job's package assemblies, for a runner with
-        `spec.references_on_stdin`."""
+        `spec.references_on_stdin`. `head`: what its runner reads after those and before the script."""
         try:
             if name and name != self.name:
                 self.engine.rename(self.spec, self.proc, self.name, name)
@@ -88,7 +88,7 @@ class Sandbox:
             started = datetime.now(timezone.utc)
             self.out.expect_frame = keep_artifact and artifact is None
             data = b"".join((references_frame(references) if references else b"",
-                             artifact_frame(artifact) if artifact is not None else b"", script.encode()))
+                             artifact_frame(artifact) if artifact is not None else b"", head, script.encode()))
             kills = oom_kills()
             threading.Thread(target=_feed, args=(self.proc, data), daemon=True).start()
             timed_out, deadline = False, time.monotonic() + self.spec.limits.wall_time_s
@@ -137,9 +137,10 @@ class Sandbox:
         self.engine.remove(self.spec, self.proc, self.name)
 
 
-def run_sandbox(spec: SandboxSpec, script: str) -> Outcome:
-    """Runs `script` in a fresh container and returns how it ended. Raises SandboxError."""
-    return Sandbox(spec).run(script)
+def run_sandbox(spec: SandboxSpec, script: str, head: bytes = b"") -> Outcome:
+    """Runs `script` (after `head`: its runner's input ahead of it, serve_app/plan.py) in a fresh
+    container and returns how it ended. Raises SandboxError."""
+    return Sandbox(spec).run(script, head=head)
 
 
 def _feed(proc: subprocess.Popen, data: bytes) -> None:

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0, max_retries=0, num_returns="streaming")
-def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget: NuGetSpec | None = None):
+def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget: NuGetSpec | None = None,
+            head: bytes = b""):
+    # `head`: what the runner reads ahead of the script (the job's args and stdin; serve_app/plan.py)
     # num_cpus=0: the agent-type resource (one unit per sandbox slot) bounds concurrency, not CPUs
     node_id = ray.get_runtime_context().get_node_id()
     yield {"event": "RUNNING", "node_id": node_id}
@@ -34,11 +36,11 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
         if refs:  # its packages, restored here: mounted read-only in a sandbox of its own, or lent to a pooled one
             with restore(refs, nuget) as restored:
                 spec = replace(spec, mounts=restored.mounts(), references=restored.references())
-                outcome = _run(spec, script, pool if pool is not None and pool.packages_dir else None)
+                outcome = _run(spec, script, pool if pool is not None and pool.packages_dir else None, head)
                 if restored.warnings:
                     outcome = replace(outcome, stderr="\n".join(restored.warnings) + "\n" + outcome.stderr)
         else:
-            outcome = _run(spec, script, pool)
+            outcome = _run(spec, script, pool, head)
     except RestoreError as e:  # the script's packages: its own failure, told on its stderr
         outcome = Outcome(exit_code=1, stdout="", stderr=f"{e}\n", stdout_truncated=False, stderr_truncated=False,
                           timed_out=False, out_of_memory=False, started_at=started,
@@ -53,12 +55,12 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
     yield {"event": "FINISHED", "outcome": outcome}
 
 
-def _run(spec: SandboxSpec, script: str, pool: PoolSpec | None) -> Outcome:
+def _run(spec: SandboxSpec, script: str, pool: PoolSpec | None, head: bytes) -> Outcome:
     if pool is not None and pool.size != 0:  # a pre-started sandbox from this node's pool
-        outcome = run_pooled(spec, script, pool)
+        outcome = run_pooled(spec, script, pool, head)
         if outcome is not None:
             return outcome
-    return run_sandbox(spec, script)  # a sandbox of its own
+    return run_sandbox(spec, script, head)  # a sandbox of its own
 
 
 @ray.remote(num_cpus=0, max_retries=2)

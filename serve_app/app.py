@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.node import on_the_head
 from executors.nuget import config as nuget_config
-from serve_app import deps, health, jobs, policies
+from serve_app import agent_types, deps, health, jobs, policies
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.dispatch import DispatcherClient, dispatcher
 from serve_app.plan import agent_profile
@@ -38,6 +38,7 @@ app = FastAPI(
 app.mount("/swagger-ui-assets", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui-assets")
 app.include_router(jobs.router)
 app.include_router(health.router)
+app.include_router(agent_types.router)
 
 
 def _non_null(prop: dict) -> dict:
@@ -105,9 +106,11 @@ def _field(loc) -> str:
 
 
 def max_body_bytes(settings: Settings) -> int:
-    """The largest request a replica reads: a script and a NuGet.Config at their limits, each
-    JSON-escaped at worst (six bytes a character, `\\u0001`), and the rest of the request."""
-    return 6 * (settings.max_script_bytes + nuget_config.MAX_BYTES) + (16 << 10)
+    """The largest request a replica reads: a script, a NuGet.Config, stdin and args at their
+    limits, each JSON-escaped at worst (six bytes a character, `\\u0001`), and the rest of the
+    request (an argument's quotes and comma: 3 bytes)."""
+    texts = settings.max_script_bytes + nuget_config.MAX_BYTES + settings.max_stdin_bytes + settings.max_args_bytes
+    return 6 * texts + 3 * settings.max_args + (16 << 10)
 
 
 class BodyLimit:

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     agent_overrides: dict[Literal[tuple(CATALOGUE)], AgentOverride] = {}
     #: largest accepted script, in bytes of UTF-8
     max_script_bytes: int = Field(256 << 10, ge=1, le=16 << 20)
+    #: largest accepted `payload.stdin`, in bytes of UTF-8
+    max_stdin_bytes: int = Field(1 << 20, ge=0, le=16 << 20)
+    #: most `payload.args` a job may give, and their largest total size (bytes of UTF-8)
+    max_args: int = Field(64, ge=0, le=4096)
+    max_args_bytes: int = Field(64 << 10, ge=0, le=1 << 20)
     #: pre-started sandboxes per node and sandbox profile: -1 eight (PER_SLOT) per slot the node
     #: has of the agent type, 0 none (all start cold)
     pool_size: int = Field(-1, ge=-1, le=64)

@@ -199,8 +199,8 @@ class Dispatcher:
             return
         payload = job.request().payload
         try:
-            p = plan(self.settings, job.id, job.agent_type, payload.script, payload.job_config)
-            args = (replace(p.spec, attempt=attempt), p.runner_input, p.pool, p.nuget)
+            p = plan(self.settings, job.id, payload)
+            args = (replace(p.spec, attempt=attempt), p.script, p.pool, p.nuget, p.head)
         except (ValueError, KeyError) as e:  # the deployment's settings changed since it was accepted
             await self._reject(job.id, f"this deployment no longer accepts its configuration: {e}")
             return

@@ -47,21 +47,31 @@ def _fetched(svc: Services, job_id: str) -> Job:
     return job
 
 
+def _check_sizes(settings, payload) -> None:
+    """413 for a text over its limit, 400 for too many arguments: named, before anything is stored."""
+    sizes = [("payload.script", len(payload.script.encode()), settings.max_script_bytes),
+             ("payload.stdin", len((payload.stdin or "").encode()), settings.max_stdin_bytes),
+             ("payload.args", sum(len(a.encode()) for a in payload.args or ()), settings.max_args_bytes)]
+    for field, size, limit in sizes:
+        if size > limit:
+            raise HTTPException(413, f"{field} is {size} bytes; the limit is {limit}")
+    if len(payload.args or ()) > settings.max_args:
+        raise HTTPException(400, f"payload.args has {len(payload.args)} arguments; the limit is {settings.max_args}")
+
+
 @router.post(
     "", status_code=201, response_model=JobCreated,
     responses={200: {"model": JobCreated, "description": "this sender's requestId was seen before: the existing job"},
                400: {"model": Message, "description": "invalid request"},
-               413: {"model": Message, "description": "script, or the whole request, too large"}},
+               413: {"model": Message, "description": "script, stdin, args, or the whole request, too large"}},
 )
 async def create_job(body: JobRequest, response: Response, svc: Services = Depends(get_services)):
     """Stores a job and starts it on a node of its agent type."""
     settings = svc.settings
     if body.payload.agent_type not in settings.agent_types:
         raise HTTPException(400, f"unknown agentType {body.payload.agent_type!r}; "
-                                 f"known agent types: {', '.join(settings.agent_types)}")
-    size = len(body.payload.script.encode())
-    if size > settings.max_script_bytes:
-        raise HTTPException(413, f"script is {size} bytes; the limit is {settings.max_script_bytes}")
+                                 f"known agent types: {', '.join(settings.agent_types)} (GET /agent-types)")
+    _check_sizes(settings, body.payload)
     config = body.payload.job_config
     try:
         validate(settings, body.payload.agent_type, config)

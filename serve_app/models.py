@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
+    model_serializer,
 )
 from pydantic.alias_generators import to_camel
 from sqlmodel import Column, DateTime, Field as SQLField, Index, SQLModel, Text
@@ -55,6 +56,11 @@ def _storable(text: str) -> str:
     """Text every database can store and every client can read: UTF-8 encodable, without NUL."""
     if "\x00" in text:
         raise ValueError("must not contain NUL characters")
+    return _unicode(text)
+
+
+def _unicode(text: str) -> str:
+    """Any text that UTF-8 can encode, NUL included: stored JSON-escaped, handed over framed."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -143,6 +149,21 @@ class Payload(ApiModel):
         description="C# script (.csx): usings, top-level statements, methods and types")
     agent_type: Annotated[str, StringConstraints(pattern=NO_NUL), Storable] = Field(description="platform to run on, e.g. linux-amd64-mono-6")
     job_config: Optional[JobConfig] = None
+    stdin: Optional[Annotated[str, AfterValidator(_unicode)]] = Field(
+        None, description="the script's standard input (Console.ReadLine(), Console.In.ReadToEnd()), any text; "
+                          "at most MAX_STDIN_BYTES of UTF-8 (413). Absent: empty", examples=["3\n4\n"])
+    args: Optional[list[Annotated[str, StringConstraints(pattern=NO_NUL), Storable]]] = Field(
+        None, description="the script's `Args`, as `dotnet script main.csx -- a b` gives them; no NUL; "
+                          "at most MAX_ARGS of them (400) and MAX_ARGS_BYTES in all (413)", examples=[["a", "b c"]])
+
+    @model_serializer(mode="wrap")
+    def _absent_stay_absent(self, handler):
+        # stdin and args came later: a job without them is shown as it was before, byte for byte
+        data = handler(self)
+        for key in ("stdin", "args"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class JobRequest(ApiModel):
@@ -151,6 +172,9 @@ class JobRequest(ApiModel):
         json_schema_extra={"examples": [
             {"requestId": "request-1", "senderId": "sender-1",
              "payload": {"script": 'Console.WriteLine("Hello");', "agentType": "linux-amd64-mono-6"}},
+            {"requestId": "request-3", "senderId": "sender-1",
+             "payload": {"script": 'var name = Console.ReadLine();\nConsole.WriteLine($"Hello {name}, {Args.Count} args");',
+                         "agentType": "linux-amd64-mono-6", "stdin": "World\n", "args": ["a", "b c"]}},
             {"requestId": "request-2", "senderId": "sender-1",
              "payload": {"script": 'Console.WriteLine("Hello");', "agentType": "linux-amd64-mono-6",
                          "jobConfig": {"nugetConfigXml": (
@@ -258,6 +282,35 @@ class JobRequestView(ApiModel):
 class JobResultView(ApiModel):
     job_id: uuid.UUID
     result: Optional[JobResult] = None
+
+
+class AgentLimits(ApiModel):
+    wall_time_s: float
+    memory_mb: int
+    cpus: float
+    pids: int
+    nofile: int
+    disk_mb: int
+    tmp_mb: int
+    output_bytes: int
+
+
+class AgentTypeView(ApiModel):
+    """A platform jobs can ask for (`payload.agentType`), and what it offers now."""
+
+    name: str = Field(description="what `payload.agentType` names", examples=["linux-amd64-mono-6"])
+    description: str
+    runtime: str = Field(examples=["Mono"])
+    runtime_version: str = Field(examples=["6.8"])
+    language_version: str = Field(description="the C# language version scripts are compiled as", examples=["7.2"])
+    default_limits: AgentLimits = Field(description="what a job runs with unless its jobConfig.limits lowers them")
+    max_limits: AgentLimits = Field(description="the most a job may ask for (jobs may only lower their type's limits)")
+    network_modes: list[Literal["none", "egress"]] = Field(description="what jobConfig.network may be")
+    nuget: bool = Field(description='whether `#r "nuget: Id, Version"` works')
+    stdin: bool = Field(True, description="whether payload.stdin and payload.args reach the script")
+    nodes: int = Field(description="live nodes that offer it")
+    slots: int = Field(description="sandboxes that can run at once, on all those nodes")
+    free_slots: int = Field(description="of which free now")
 
 
 class Message(BaseModel):

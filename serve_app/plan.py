@@ -12,15 +12,17 @@ from pydantic.alias_generators import to_camel
 from cluster.agent_types import CATALOGUE
 from executors.nuget import config as nuget_config
 from executors.nuget.restore import NuGetSpec
+from executors.protocol import input_frames
 from executors.spec import Limits, PoolSpec, SandboxSpec
 from serve_app.config import LIMIT_FIELDS, Settings
-from serve_app.models import JobConfig
+from serve_app.models import JobConfig, Payload
 
 
 @dataclass(frozen=True)
 class Plan:
     spec: SandboxSpec
-    runner_input: str  #: what the runner reads on stdin
+    script: str
+    head: bytes  #: what the runner reads on stdin ahead of the script (`runner_head`)
     pool: PoolSpec | None  #: None: a sandbox of its own (the job asked for its own limits or network)
     nuget: NuGetSpec | None  #: None: the runner restores packages itself
 
@@ -97,17 +99,22 @@ def nuget_spec(settings: Settings, agent_type: str, config: JobConfig | None) ->
                      restore_memory_mb=settings.nuget_restore_memory_mb)
 
 
-def runner_input(settings: Settings, agent_type: str, script: str, config: JobConfig | None) -> str:
-    """What the agent type's runner reads on stdin: the script, preceded by the NuGet.Config for
-    runners that restore packages themselves (the job's, or the deployment's default)."""
-    if not CATALOGUE[agent_type].config_on_stdin:
-        return script
-    xml = nuget_config_xml(settings, config)
-    return f"{len(xml.encode())}\n{xml}{script}"
+def runner_head(settings: Settings, payload: Payload) -> bytes:
+    """What the agent type's runner reads on stdin ahead of the script: the script's args and
+    stdin, each length-prefixed (csrun's frames; for dotnet-7's run.sh, lines with the length
+    first, after its NuGet.Config: the job's, or the deployment's default)."""
+    stdin = (payload.stdin or "").encode()
+    args = payload.args or ()
+    if not CATALOGUE[payload.agent_type].config_on_stdin:
+        return input_frames(args, stdin)
+    listed = b"".join(a.encode() + b"\0" for a in args)
+    xml = nuget_config_xml(settings, payload.job_config).encode()
+    return b"".join(b"%d\n%s" % (len(part), part) for part in (xml, stdin, listed))
 
 
-def plan(settings: Settings, job_id: uuid.UUID, agent_type: str, script: str, config: JobConfig | None) -> Plan:
+def plan(settings: Settings, job_id: uuid.UUID, payload: Payload) -> Plan:
     """Everything the job's run needs. ValueError, KeyError: the settings no longer allow it."""
-    return Plan(spec=sandbox_spec(settings, job_id, agent_type, config),
-                runner_input=runner_input(settings, agent_type, script, config),
+    agent_type, config = payload.agent_type, payload.job_config
+    return Plan(spec=sandbox_spec(settings, job_id, agent_type, config), script=payload.script,
+                head=runner_head(settings, payload),
                 pool=pool_spec(settings, agent_type, config), nuget=nuget_spec(settings, agent_type, config))

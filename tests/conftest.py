@@ -186,10 +186,11 @@ class Jobs:
         self.n = 0
 
     def submit(self, script: str, agent_type: str = MONO, request_id: str | None = None,
-               job_config: dict | None = None) -> httpx.Response:
+               job_config: dict | None = None, **given) -> httpx.Response:
+        """`given`: more of the payload (stdin, args)."""
         self.n += 1
         rid = request_id or f"req-{os.getpid()}-{time.time_ns()}-{self.n}"[:36]
-        payload = {"script": script, "agentType": agent_type, **({"jobConfig": job_config} if job_config else {})}
+        payload = {"script": script, "agentType": agent_type, **({"jobConfig": job_config} if job_config else {}), **given}
         return self.client.post("/jobs", json={"requestId": rid, "senderId": "tests", "payload": payload})
 
     def wait(self, job_id: str, timeout: float = 60) -> dict:
@@ -201,8 +202,8 @@ class Jobs:
 
         return until(ended, timeout, lambda: f"job {job_id} finished: {seen.get('job')}", interval=0.2)
 
-    def run(self, script: str, timeout: float = 60, job_config: dict | None = None) -> dict:
-        r = self.submit(script, job_config=job_config)
+    def run(self, script: str, timeout: float = 60, job_config: dict | None = None, **given) -> dict:
+        r = self.submit(script, job_config=job_config, **given)
         assert r.status_code == 201, r.text
         return self.wait(r.json()["jobId"], timeout)
 

@@ -190,13 +190,13 @@ class SandboxPool:
                 if not self.starting or not self.ready.wait(timeout=10):
                     return None
 
-    def run(self, spec: SandboxSpec, script: str) -> Outcome:
+    def run(self, spec: SandboxSpec, script: str, head: bytes = b"") -> Outcome:
         with self.lock:
             if self.closing:
                 raise PoolClosed("the pool is being removed")
             self.active += 1
         try:
-            return self._run(spec, script)
+            return self._run(spec, script, head)
         finally:
             with self.lock:
                 self.active -= 1
@@ -228,7 +228,7 @@ class SandboxPool:
             for sandbox in self.idle:
                 sandbox.warm_up()
 
-    def _run(self, spec: SandboxSpec, script: str) -> Outcome:
+    def _run(self, spec: SandboxSpec, script: str, head: bytes) -> Outcome:
         """`spec.mounts`: the job's restored packages, lent to the pre-started sandbox; a cold one
         mounts them itself."""
         sandbox = self._take()
@@ -249,13 +249,14 @@ class SandboxPool:
                     if packages:
                         _lend(sandbox, packages)
                     outcome = sandbox.run(script, name=spec.name, remove=False, artifact=compiled,
-                                          keep_artifact=self.cache.on, references=spec.references if packages else None)
+                                          keep_artifact=self.cache.on, references=spec.references if packages else None,
+                                          head=head)
                 except SandboxGone:  # only ever before the script reached it: a cold start instead
                     self._dispose(sandbox)
                     sandbox = None
             if outcome is None:  # none ready (or it was gone): a cold start, as without the pool
                 sandbox = Sandbox(replace(spec, artifacts=self.cache.on))
-                outcome = sandbox.run(script, remove=False, artifact=compiled, keep_artifact=self.cache.on)
+                outcome = sandbox.run(script, remove=False, artifact=compiled, keep_artifact=self.cache.on, head=head)
             if compiled is None and sandbox.artifact is not None:
                 self.cache.put(key, sandbox.artifact)
             return outcome
@@ -305,14 +306,14 @@ def pool_for(spec: SandboxSpec, pool: PoolSpec, cached: bool = True):
     return _handles[name]
 
 
-def run_pooled(spec: SandboxSpec, script: str, pool: PoolSpec) -> Outcome | None:
+def run_pooled(spec: SandboxSpec, script: str, pool: PoolSpec, head: bytes = b"") -> Outcome | None:
     """Runs a job in a sandbox of this node's pool. None: no pool took it (it retired or died;
     the job's sandbox, if one was started, is stopped), so it needs a sandbox of its own."""
     kept = pool_name(ray.get_runtime_context().get_node_id(), spec, pool) in _handles
     # a handle this worker kept may be of a pool that has retired since: then one looked up again
     for cached in [True, False] if kept else [False]:
         try:
-            return ray.get(pool_for(spec, pool, cached).run.remote(spec, script))
+            return ray.get(pool_for(spec, pool, cached).run.remote(spec, script, head))
         except (PoolClosed, ray.exceptions.RayActorError):
             stop_job_sandbox(spec.job_id)
     return None

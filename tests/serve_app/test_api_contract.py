@@ -13,6 +13,8 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.app import max_body_bytes
+from serve_app.config import Settings
 from testing.waiting import until
 from tests.conftest import MONO, ROOT, containers_created, sandbox_containers
 
@@ -88,7 +90,7 @@ def test_a_request_body_larger_than_any_job_needs_is_a_413_before_it_is_all_sent
     # chunked: counted as it arrives; answered once over the limit, the end of the body never sent
     piece = b"x" * 65536
     status, answer = raw_post(service, b"Transfer-Encoding: chunked\r\n",
-                              [b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(40)])
+                              [b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(max_body_bytes(Settings()) // len(piece) + 2)])
     assert status == 413 and "request body is over" in answer["message"], answer
 
 

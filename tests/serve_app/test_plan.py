@@ -5,8 +5,9 @@ import uuid
 import pytest
 
 from serve_app.config import Settings
-from serve_app.models import JobConfig
-from serve_app.plan import agent_profile, job_profile, nuget_spec, plan, pool_spec, runner_input, sandbox_spec, validate
+from serve_app.models import JobConfig, Payload
+from executors.protocol import input_frames
+from serve_app.plan import agent_profile, job_profile, nuget_spec, plan, pool_spec, runner_head, sandbox_spec, validate
 
 CONFIG = '<configuration><packageSources><add key="ops" value="https://feed.example/v3/index.json"/></packageSources></configuration>'
 
@@ -52,11 +53,23 @@ def test_a_job_may_drop_the_network_but_not_add_one():
         job_profile(settings(), "linux-amd64-mono-6", JobConfig(network="egress"))
 
 
-def test_runner_input_puts_the_nuget_config_ahead_of_the_script_only_for_runners_that_read_it():
+def head(settings: Settings, agent_type: str, config: JobConfig | None = None, **given) -> bytes:
+    return runner_head(settings, Payload(script="S", agent_type=agent_type, job_config=config, **given))
+
+
+def test_the_runner_head_puts_the_nuget_config_ahead_only_for_runners_that_read_it():
     config = JobConfig(nuget_config_xml="<configuration>é</configuration>")
-    assert runner_input(Settings(), "linux-amd64-mono-6", "S", config) == "S"
-    assert runner_input(Settings(), "linux-amd64-dotnet-7", "S", config) == "33\n<configuration>é</configuration>S"
-    assert runner_input(Settings(), "linux-amd64-dotnet-7", "S", None) == "0\nS"
+    assert head(Settings(), "linux-amd64-mono-6", config) == input_frames((), b"")
+    assert head(Settings(), "linux-amd64-dotnet-7", config) == "33\n<configuration>é</configuration>0\n0\n".encode()
+    assert head(Settings(), "linux-amd64-dotnet-7") == b"0\n0\n0\n"
+
+
+def test_the_runner_head_frames_stdin_and_args_whatever_they_hold():
+    stdin, args = "\0csrun-args 3\nab\0\n", ["x", "", "\0csrun-stdin 1\n"[1:]]
+    assert head(Settings(), "linux-amd64-mono-6", stdin=stdin, args=args) == (
+        b"\0csrun-args " + b"%d\n" % len(b"x\0\0csrun-stdin 1\n\0") + b"x\0\0csrun-stdin 1\n\0"
+        + b"\0csrun-stdin " + b"%d\n" % len(stdin.encode()) + stdin.encode())
+    assert head(Settings(), "linux-amd64-dotnet-7", stdin="é", args=["a b"]) == "0\n2\né4\na b\0".encode()
 
 
 def test_nuget_spec_takes_the_jobs_feeds_or_the_operators():
@@ -82,9 +95,9 @@ def test_nuget_spec_carries_the_job_s_restore_budget_and_cgroup_from_the_setting
 def test_a_runner_that_restores_itself_gets_the_deployment_s_feeds_for_a_job_without_its_own():
     # the dotnet-7 runner's input ignored NUGET_CONFIG_XML: such jobs had no feeds at all
     settings = Settings(nuget_config_xml=CONFIG)
-    assert runner_input(settings, "linux-amd64-dotnet-7", "S", None) == f"{len(CONFIG)}\n{CONFIG}S"
+    assert head(settings, "linux-amd64-dotnet-7") == f"{len(CONFIG)}\n{CONFIG}0\n0\n".encode()
     own = JobConfig(nuget_config_xml="<configuration/>")
-    assert runner_input(settings, "linux-amd64-dotnet-7", "S", own) == "16\n<configuration/>S"
+    assert head(settings, "linux-amd64-dotnet-7", own) == b"16\n<configuration/>0\n0\n"
 
 
 def test_jobs_with_their_own_limits_or_network_take_no_pooled_sandbox():
@@ -100,9 +113,10 @@ def test_a_plan_is_the_same_at_submission_and_at_dispatch():
     settings, job = Settings(), uuid.uuid4()
     config = JobConfig(limits={"wallTimeS": 5})
     validate(settings, "linux-amd64-mono-6", config)
-    p = plan(settings, job, "linux-amd64-mono-6", "S", config)
+    p = plan(settings, job, Payload(script="S", agent_type="linux-amd64-mono-6", job_config=config, stdin="in"))
     assert p.spec == sandbox_spec(settings, job, "linux-amd64-mono-6", config) and p.spec.limits.wall_time_s == 5
-    assert (p.runner_input, p.pool, p.nuget) == ("S", None, nuget_spec(settings, "linux-amd64-mono-6", config))
+    assert (p.script, p.head) == ("S", input_frames((), b"in"))
+    assert (p.pool, p.nuget) == (None, nuget_spec(settings, "linux-amd64-mono-6", config))
     with pytest.raises(ValueError, match="wallTimeS"):
         validate(settings, "linux-amd64-mono-6", JobConfig(limits={"wallTimeS": 10_000}))
     with pytest.raises(ValueError):

@@ -6,12 +6,16 @@
 // value is the exit code), with `#line` directives so that compiler messages and stack traces
 // point into the script, compiles it with mcs in-process and runs it in-process.
 //
-// Contract: the script arrives on stdin (never on a command line); stdin is empty for the script.
+// Contract: the script arrives on stdin (never on a command line); the script's own stdin is what
+// the input frame (below) holds, empty without one.
 // Packages: `#r "nuget: Id, Version"` lines are restored by the service before the sandbox
 // starts; it mounts them read-only and lists their assemblies in CSRUN_REFERENCES (':'-separated),
 // which csrun references when compiling and loads when the script needs them. A pre-started runner
 // cannot be given an environment: with CSRUN_REFERENCES=- the list comes on stdin instead, ahead of
 // everything else, as "\0csrun-references <length>\n" + the ':'-separated paths (no frame: none).
+// Input (the service always sends both, ahead of the script and after any artifact frame): the
+// script's arguments, "\0csrun-args <length>\n" + each argument ended by a NUL, then its standard
+// input, "\0csrun-stdin <length>\n" + bytes. Length-prefixed: no byte of them reads as a frame.
 // Exit code: the script's `return N;`, Environment.Exit(n) or Environment.ExitCode; 1 for a compile
 // error or an uncaught exception. Compiler errors and warnings go to stderr.
 // Compiled-script cache (CSRUN_ARTIFACTS=1): after a successful compile, and before any of the
@@ -35,6 +39,9 @@ public static class CsRun
     static string buildDirectory = "";
     const string ReferencesMagic = "\0csrun-references ";
     const string WarmUpMagic = "\0csrun-warmup\n";
+    const string ArgsMagic = "\0csrun-args ";
+    const string StdinMagic = "\0csrun-stdin ";
+    static List<string> ScriptArgs = new List<string>(); // the script's `Args`
     // null: nobody restored packages for this run (then `#r "nuget: …"` is an error)
     static string[] PackageReferences = ParseReferences(Environment.GetEnvironmentVariable("CSRUN_REFERENCES"));
 
@@ -108,6 +115,15 @@ public static class CsRun
             if (list != null) PackageReferences = ParseReferences(Encoding.UTF8.GetString(list));
         }
         Artifact cached = artifacts ? Artifact.FromFrame(input, ref offset) : null;
+        byte[] argList = Frame(input, ArgsMagic, ref offset);
+        if (argList != null)
+        {
+            string[] parts = Encoding.UTF8.GetString(argList).Split('\0');
+            for (int i = 0; i < parts.Length - 1; i++) ScriptArgs.Add(parts[i]); // each ended by a NUL
+        }
+        byte[] stdinBytes = Frame(input, StdinMagic, ref offset);
+        if (stdinBytes != null)
+            Console.SetIn(new StreamReader(new MemoryStream(stdinBytes), new UTF8Encoding(false), false));
         if (cached != null)
         {
             Console.Error.Write(cached.Messages);
@@ -310,7 +326,10 @@ public static class CsRun
     {
         if (PackageReferences != null)
             AppDomain.CurrentDomain.AssemblyResolve += ResolvePackageAssembly;
-        var entry = assembly.GetType(ClassName).GetMethod(EntryName, BindingFlags.Public | BindingFlags.Static);
+        var type = assembly.GetType(ClassName);
+        var entry = type.GetMethod(EntryName, BindingFlags.Public | BindingFlags.Static);
+        var argsField = type.GetField("Args", BindingFlags.Public | BindingFlags.Static);
+        if (argsField != null) argsField.SetValue(null, ScriptArgs);
         int code;
         try
         {
@@ -418,7 +437,10 @@ public static class CsRun
         foreach (var u in DefaultUsings) sb.Append("using ").Append(u).Append(";\n");
         sb.Append("using static System.Console;\n");
         sb.Append(usings).Append(types);
-        sb.Append("public static class ").Append(ClassName).Append(" {\n").Append(members);
+        sb.Append("public static class ").Append(ClassName).Append(" {\n");
+        // dotnet-script's global `Args`: what follows `--` on its command line
+        sb.Append("public static System.Collections.Generic.IList<string> Args = new System.Collections.Generic.List<string>();\n");
+        sb.Append(members);
         sb.Append("public static ").Append(isAsync ? "async Task<int> " : "int ").Append(EntryName).Append("() {\n");
         sb.Append(body);
         sb.Append("#pragma warning disable 162\nreturn System.Environment.ExitCode;\n#pragma warning restore 162\n}\n}\n");
