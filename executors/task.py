@@ -55,7 +55,7 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
     yield {"event": "FINISHED", "outcome": outcome}
 
 
-def _run(spec: SandboxSpec, script: str, pool: PoolSpec | None, head: bytes) -> Outcome:
+def _run(spec: SandboxSpec, script: str, pool: PoolSpec | None, head: bytes = b"") -> Outcome:
     if pool is not None and pool.size != 0:  # a pre-started sandbox from this node's pool
         outcome = run_pooled(spec, script, pool, head)
         if outcome is not None:
