@@ -19,14 +19,14 @@ from executors.spec import CONTAINER_PREFIX, EXIT_GRACE_S, KILLED, Outcome, Sand
 log = logging.getLogger(__name__)
 
 
-def remove_container(name: str) -> None:
+def remove_sandbox(name: str) -> None:
     """Kills and removes a sandbox by name, whichever engine started it."""
     any(e.remove_by_name(name) for e in engines.ALL)
 
 
-def stop_job_sandbox(job_id: str) -> None:
+def remove_job_sandbox(job_id: str) -> None:
     """Kills and removes a job's sandbox (pooled ones carry the job's name once taken)."""
-    remove_container(CONTAINER_PREFIX + job_id)
+    remove_sandbox(CONTAINER_PREFIX + job_id)
 
 
 class Sandbox:

@@ -115,7 +115,7 @@ class PoolSpec:
     #: node with a live actor as busy, and an autoscaler would never remove it
     idle_s: float = 120.0
     #: compiled scripts kept for repeats (runners with CSRUN_ARTIFACTS); 0: none, every job compiles
-    cache_mb: int = 0
+    cache_mb: int = 64
     #: on the node's NuGet cache's file system: each pooled sandbox has a folder here, bound read-only
     #: at /nuget, that a job's restored packages are linked into when it takes the sandbox.
     #: "": jobs with packages start a sandbox of their own (they are mounted at its start)

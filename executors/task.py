@@ -10,12 +10,13 @@ from datetime import datetime, timezone
 
 import ray
 
-from executors.nuget.restore import NuGetSpec, RestoreError, references, restore
+from executors.nuget.restore import restore
+from executors.nuget.spec import NuGetSpec, RestoreError, references
 from executors.pool import run_pooled
 from executors.spec import PoolSpec
 from executors.reaper import dead_ray_nodes, reap
 from executors.spec import Outcome, SandboxError, SandboxSpec
-from executors.sandbox import run_sandbox, stop_job_sandbox
+from executors.sandbox import run_sandbox, remove_job_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
     yield {"event": "RUNNING", "node_id": node_id}
     spec = replace(spec, node_id=node_id)
     if spec.attempt > 1:  # the lost run's container, if its node was this machine in an earlier life
-        stop_job_sandbox(spec.job_id)
+        remove_job_sandbox(spec.job_id)
     started = datetime.now(timezone.utc)
     try:
         refs = references(script) if nuget is not None else []
@@ -64,9 +65,9 @@ def _run(spec: SandboxSpec, script: str, pool: PoolSpec | None, head: bytes = b"
 
 
 @ray.remote(num_cpus=0, max_retries=2)
-def stop_sandbox(job_id: str) -> None:
+def remove_job_sandbox_on_node(job_id: str) -> None:
     """Kills and removes a job's container; scheduled onto the node that runs it."""
-    stop_job_sandbox(job_id)
+    remove_job_sandbox(job_id)
 
 
 @ray.remote(num_cpus=0, max_retries=0)

@@ -17,7 +17,7 @@ from ray import serve  # noqa: E402
 
 from executors.network import remove_egress  # noqa: E402
 from executors.reaper import reap  # noqa: E402
-from executors.engines.docker import engine  # noqa: E402
+from executors.engines.docker import docker_api  # noqa: E402
 from serve_app.app import build  # noqa: E402
 from serve_app.config import get_settings  # noqa: E402
 from serve_app.dispatch import dispatcher  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
     if local:  # the sandboxes of tasks that ended with this node are nobody's now; others' stay
         reap(dead_nodes={node})
         if settings.network == "egress" or any(o.get("network") == "egress" for o in settings.agent_overrides.values()):
-            remove_egress(engine())
+            remove_egress(docker_api())
 
 
 if __name__ == "__main__":

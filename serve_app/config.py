@@ -11,7 +11,8 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from cluster.agent_types import CATALOGUE
 from executors.nuget import config as nuget_config
-from executors.nuget.restore import NuGetSpec
+from executors.nuget.spec import NuGetSpec
+from executors.spec import PoolSpec
 from serve_app.models import LIMITS, limit_bounds, not_bool
 
 #: the sandbox limits (executors/limits.py), each also a setting of the same name and an agent-type override key
@@ -26,8 +27,10 @@ AgentOverride = TypedDict("AgentOverride", {
 }, total=False)
 AgentOverride.__pydantic_config__ = ConfigDict(extra="forbid")
 
-#: what a restore may use unless the deployment sets otherwise: NuGetSpec's defaults (executors/nuget/restore.py)
+#: what a restore may use unless the deployment sets otherwise: NuGetSpec's defaults (executors/nuget/spec.py)
 NUGET_DEFAULTS = {f.name: f.default for f in fields(NuGetSpec)}
+#: how nodes pool sandboxes unless the deployment sets otherwise: PoolSpec's defaults (executors/spec.py)
+POOL_DEFAULTS = {f.name: f.default for f in fields(PoolSpec)}
 
 
 def limit_setting(name: str) -> Any:
@@ -85,15 +88,15 @@ class Settings(BaseSettings):
     max_args_bytes: int = Field(64 << 10, ge=0, le=1 << 20)
     #: pre-started sandboxes per node and sandbox profile: -1 eight (PER_SLOT) per slot the node
     #: has of the agent type, 0 none (all start cold)
-    pool_size: int = Field(-1, ge=-1, le=64)
+    pool_size: int = Field(POOL_DEFAULTS["size"], ge=-1, le=64)
     #: pooled runners compile a small program while they wait: a quicker job, but that much more
     #: CPU per job. auto: once the node's pool has run no job for a second (low load, where a
     #: user waits; not in bursts, where CPU is the limit); always; never (true/false: always/never)
-    pool_warmup: Literal["auto", "always", "never"] = "auto"
+    pool_warmup: Literal["auto", "always", "never"] = POOL_DEFAULTS["warmup"]
     #: a node's pool that had no job this long is removed, so that an autoscaler can remove the node
-    pool_idle_s: float = Field(120.0, gt=0)
+    pool_idle_s: float = Field(POOL_DEFAULTS["idle_s"], gt=0)
     #: compiled scripts each node's pool keeps, so a repeated script skips the compiler; 0: none
-    compile_cache_mb: int = Field(64, ge=0, le=4096)
+    compile_cache_mb: int = Field(POOL_DEFAULTS["cache_mb"], ge=0, le=4096)
     #: agent types the local head offers slots of (empty: all enabled ones)
     local_agent_types: Annotated[list[str], NoDecode] = []
     #: NuGet.Config XML with the feeds of jobs that give none (empty: such jobs have no feeds)

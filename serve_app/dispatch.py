@@ -12,8 +12,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.node import on_the_head
 from executors.spec import Outcome
-from executors.sandbox import stop_job_sandbox
-from executors.task import reap_node, stop_sandbox
+from executors.sandbox import remove_job_sandbox
+from executors.task import reap_node, remove_job_sandbox_on_node
 from serve_app.config import Settings
 from serve_app.events import Events
 from serve_app.launcher import NAMESPACE, launcher
@@ -67,7 +67,7 @@ def settings_digest(settings: Settings) -> str:
     return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
-def room(slots: int, in_flight: int) -> int:
+def jobs_to_hand_out(slots: int, in_flight: int) -> int:
     """How many more of an agent type's queued jobs to hand to Ray now."""
     return max(0, slots + AHEAD - in_flight)
 
@@ -123,9 +123,9 @@ class Dispatcher:
         if not node_id:
             return
         if node_id == self.node_id:
-            await asyncio.to_thread(stop_job_sandbox, job_id)
+            await asyncio.to_thread(remove_job_sandbox, job_id)
         else:
-            await stop_sandbox.options(
+            await remove_job_sandbox_on_node.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)).remote(job_id)
 
     async def _main(self) -> None:
@@ -188,7 +188,7 @@ class Dispatcher:
         total = await asyncio.to_thread(ray.cluster_resources)
         for agent_type in self.settings.agent_types:
             in_flight = sum(1 for t, _ in self.following.values() if t == agent_type)
-            n = room(int(total.get(agent_type, 0)), in_flight)
+            n = jobs_to_hand_out(int(total.get(agent_type, 0)), in_flight)
             if n:
                 for job in await asyncio.to_thread(self.store.queued, agent_type, n):
                     await self._start(job)

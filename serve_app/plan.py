@@ -11,7 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from cluster.agent_types import CATALOGUE
 from executors.nuget import config as nuget_config
-from executors.nuget.restore import NuGetSpec
+from executors.nuget.spec import NuGetSpec
 from executors.protocol import input_frames
 from executors.spec import Limits, PoolSpec, SandboxSpec
 from serve_app.config import LIMIT_FIELDS, Settings

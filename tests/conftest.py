@@ -11,8 +11,8 @@ import pytest
 
 from cluster.agent_types import MONO_6
 from executors.engines import oci, runsc
-from executors.engines.docker import container_config, engine
-from executors.sandbox import remove_container
+from executors.engines.docker import container_config, docker_api
+from executors.sandbox import remove_sandbox
 from executors.spec import Limits, SandboxSpec
 from testing.nuget_feed import build_packages, serve
 from testing.services import api_service, postgres
@@ -149,14 +149,14 @@ def service(database_url, tmp_path_factory):
         with api_service(tmp_path_factory.mktemp("service"), **env) as svc:
             yield svc
             # another node's sandbox on this machine (its deadline far off): the service's stop leaves it
-            engine().create_container_from_config(container_config(other), other.name)
+            docker_api().create_container_from_config(container_config(other), other.name)
         left = set(sandbox_containers(pooled=True)) - before - {other.name}
         for name in left:
-            remove_container(name)
+            remove_sandbox(name)
         assert not left, f"{len(left)} sandboxes were left behind: {sorted(left)}"
         assert other.name in sandbox_containers(), "the service's stop removed another node's sandbox"
     finally:
-        remove_container(other.name)
+        remove_sandbox(other.name)
 
 
 @pytest.fixture(scope="session")

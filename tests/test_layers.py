@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("serve_app", "executors", "cluster")
 #: modules that define Ray actors or tasks, or drive Docker
 NODE_SIDE = ("executors.pool", "executors.task", "executors.sandbox", "executors.engines.docker",
-             "executors.engines.runsc", "executors.reaper", "serve_app.dispatch", "serve_app.launcher")
+             "executors.engines.runsc", "executors.reaper", "serve_app.dispatch", "serve_app.launcher",
+             "executors.nuget.restore", "executors.nuget.feeds")  #: the restore runs on the nodes
 
 
 def module_graph() -> dict[str, set[str]]:
@@ -57,7 +58,8 @@ def test_the_cycle_check_sees_a_circle():
 
 
 def test_the_api_loads_neither_docker_nor_the_node_side():
-    probe = ("import sys, serve_app.config, serve_app.models, serve_app.jobs, serve_app.plan, cluster.agent_types; "
+    probe = ("import sys, serve_app.config, serve_app.models, serve_app.jobs, serve_app.plan, serve_app.agent_types, "
+             "cluster.agent_types; "
              "print('\\n'.join(sorted(sys.modules)))")
     loaded = set(subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
                                 check=True).stdout.split())

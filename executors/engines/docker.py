@@ -102,7 +102,7 @@ def gvisor_makes_netns() -> bool:
     with _runtime_lock:
         if time.monotonic() - _runtime_checked[0] > RUNTIME_CHECK_S:
             try:
-                ok = runsc_without_network(engine().info()["Runtimes"]) and _write_etc()
+                ok = runsc_without_network(docker_api().info()["Runtimes"]) and _write_etc()
             except (DockerException, requests.RequestException, KeyError):
                 ok = False
             _runtime_checked[:] = [time.monotonic(), ok]
@@ -133,7 +133,7 @@ def _write_etc() -> bool:
 
 
 @functools.cache
-def engine() -> docker.APIClient:
+def docker_api() -> docker.APIClient:
     """The Docker Engine API of this machine (DOCKER_HOST or the local socket). Calls other than
     `docker run` go through it: a CLI process costs ~20 ms of CPU and wall time, a call ~1 ms."""
     return docker.APIClient(version="auto", timeout=30, **docker.utils.kwargs_from_env())
@@ -159,7 +159,7 @@ class Attached:
     are split into two pipes that the readers read as they read a process's."""
 
     def __init__(self, spec: SandboxSpec, config: dict):
-        api = engine()
+        api = docker_api()
         try:
             # by id from here on: a pooled sandbox is renamed after the job that takes it
             self.id = api.create_container_from_config(config, spec.name)["Id"]
@@ -177,7 +177,7 @@ class Attached:
         err, self._err = os.pipe()
         self.stdout, self.stderr = open(out, "rb"), open(err, "rb")
         self.returncode: int | None = None
-        self.detached = False  #: the attach ended: the container exited, or kill() detached it
+        self.detached = False  #: the attach ended: the container exited, or detach() let go of it
         self.network = ""  #: its own egress network, if any (DockerEngine.start)
         self._demux = threading.Thread(target=self._split, daemon=True)
         self._demux.start()
@@ -187,12 +187,12 @@ class Attached:
         try:
             split_frames(stream, self._out, self._err)
         except OSError:
-            pass  # detached (kill), or the engine went away
+            pass  # detached, or the engine went away
         finally:
             stream.close()
             # shut, not closed: the socket's descriptor goes with this object, so a write to stdin
             # under way in another thread fails instead of landing in a file that reused the number
-            self.kill()
+            self.detach()
             self.detached = True  # before the pipes end: a reader at their end finds it so
             os.close(self._out)
             os.close(self._err)
@@ -205,13 +205,13 @@ class Attached:
         """Waits for the container's exit; its exit code (-1 if it was removed meanwhile)."""
         self._demux.join(timeout)
         try:
-            self.returncode = engine().wait(self.id, timeout=timeout)["StatusCode"]
+            self.returncode = docker_api().wait(self.id, timeout=timeout)["StatusCode"]
         except (DockerException, requests.RequestException):
             self.returncode = -1
         return self.returncode
 
-    def kill(self) -> None:
-        """Detaches from the container (it runs on until removed), as killing `docker run` would."""
+    def detach(self) -> None:
+        """Lets go of the container's streams; the container runs on until removed."""
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -237,7 +237,7 @@ class _SocketWriter:
 def remove(name: str) -> bool:
     """Kills and removes a container by name; False if there was none of that name."""
     try:
-        engine().remove_container(name, v=True, force=True)
+        docker_api().remove_container(name, v=True, force=True)
     except docker.errors.NotFound:
         return False
     except DockerException:
@@ -251,7 +251,7 @@ def state(name: str) -> dict | None:
     """The container's state; None once it is gone. SandboxError if Docker does not answer: the
     script has run, so the job must not be taken for one that never reached its sandbox."""
     try:
-        return engine().inspect_container(name)["State"]
+        return docker_api().inspect_container(name)["State"]
     except DockerException:
         return None
     except requests.RequestException as e:
@@ -260,7 +260,7 @@ def state(name: str) -> dict | None:
 
 def image_id(image: str) -> str:
     try:
-        return engine().inspect_image(image)["Id"]
+        return docker_api().inspect_image(image)["Id"]
     except DockerException:
         return image
 
@@ -272,25 +272,25 @@ class DockerEngine(Engine):
         egress = ""
         try:
             if spec.network == "egress":
-                egress = network.create_network(engine(), spec.egress_allow)
+                egress = network.create_network(docker_api(), spec.egress_allow)
             attached = Attached(spec, container_config(spec, gvisor_netns=gvisor_makes_netns(), egress_network=egress))
         except (SandboxError, network.NetworkError) as e:
             if egress:
-                network.remove_network(engine(), egress)
+                network.remove_network(docker_api(), egress)
             raise SandboxError(str(e)) from None
         attached.network = egress
         return attached
 
     def rename(self, spec: SandboxSpec, stdio: Stdio, name: str, new: str) -> None:
         try:
-            engine().rename(name, new)
+            docker_api().rename(name, new)
         except (DockerException, requests.RequestException) as e:
             remove(new)  # a rename whose answer timed out may have been done
             raise SandboxGone(f"the pre-started sandbox is gone: {e}") from None
 
     def kill(self, name: str) -> None:
         try:
-            engine().kill(name)
+            docker_api().kill(name)
         except (DockerException, requests.RequestException):
             pass  # it ended meanwhile, or the engine is slow: it is removed afterwards anyway
 
@@ -300,28 +300,28 @@ class DockerEngine(Engine):
 
     def wait_exit(self, stdio: Stdio, name: str, timeout: float) -> None:
         try:
-            engine().wait(name, timeout=timeout)  # by name: a pooled one has been detached from
+            docker_api().wait(name, timeout=timeout)  # by name: a pooled one has been detached from
         except (DockerException, requests.RequestException):
             pass  # still running: it is killed now
 
     def detach(self, stdio: Stdio) -> None:
         if stdio.poll() is None:
-            stdio.kill()
+            stdio.detach()
 
     def remove(self, spec: SandboxSpec, stdio: Stdio, name: str) -> None:
         self.detach(stdio)
         remove(name)
         if stdio.network:
-            network.remove_network(engine(), stdio.network)
+            network.remove_network(docker_api(), stdio.network)
 
     def remove_by_name(self, name: str) -> bool:
         return remove(name)
 
     def sandboxes(self) -> dict[str, dict[str, str]]:
-        return {c["Id"]: c.get("Labels") or {} for c in engine().containers(all=True, filters={"label": LABEL})}
+        return {c["Id"]: c.get("Labels") or {} for c in docker_api().containers(all=True, filters={"label": LABEL})}
 
     def remove_listed(self, key: str, labels: dict[str, str]) -> None:
         remove(key)  # by id: a container of the same name made since is another
 
     def tidy(self) -> None:
-        network.remove_unused_networks(engine())  # those whose sandbox went without removing them
+        network.remove_unused_networks(docker_api())  # those whose sandbox went without removing them

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from docker.errors import DockerException
 
-from executors.engines.docker import engine  # the image's id on every sandbox's start: the API, not the CLI
+from executors.engines.docker import docker_api  # the image's id on every sandbox's start: the API, not the CLI
 from executors.protocol import runner_env
 from executors.spec import HOSTS
 
@@ -81,7 +81,7 @@ def image_rootfs(image: str) -> tuple[str, tuple[str, ...]]:
     id, and its environment. Raises OSError or subprocess.CalledProcessError (our fault: no such
     image, no space)."""
     try:
-        inspect = engine().inspect_image(image)
+        inspect = docker_api().inspect_image(image)
     except DockerException as e:
         raise OSError(f"no image {image}: {e}") from None
     rootfs = ROOTFS_DIR / inspect["Id"].removeprefix("sha256:")[:32]

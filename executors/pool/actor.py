@@ -22,10 +22,10 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from executors.nuget.restore import MOUNT_ROOT
+from executors.nuget.spec import MOUNT_ROOT
 from executors.pool.compiled_cache import CompiledCache, packages_digest
 from executors.pool.packages import lend_packages
-from executors.sandbox import Sandbox, remove_container, stop_job_sandbox
+from executors.sandbox import Sandbox, remove_sandbox, remove_job_sandbox
 from executors.spec import Outcome, PoolSpec, SandboxError, SandboxGone, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class SandboxPool:
                 # by the actor's end would leave a container behind
                 self.ready.wait_for(lambda: self.starting == 0, timeout=60)
             for sandbox in idle:
-                self._dispose(sandbox)
+                self._remove(sandbox)
             if self.packages:
                 shutil.rmtree(self.packages, ignore_errors=True)
             log.info("pool %s: no job for %g s; removing it", self.template.image, idle_s)
@@ -150,7 +150,7 @@ class SandboxPool:
             sandbox = Sandbox(spec)
             sandbox.folder = folder
             if not sandbox.wait_started():
-                self._dispose(sandbox)
+                self._remove(sandbox)
                 raise SandboxError("the pre-started sandbox did not come up")
         except Exception:
             log.exception("could not pre-start a sandbox")
@@ -165,15 +165,15 @@ class SandboxPool:
         if up:
             self._refill_when_quiet()  # a paused refill goes on, a slot's worth at a time
         elif sandbox is not None:
-            self._dispose(sandbox)
+            self._remove(sandbox)
 
     @staticmethod
-    def _dispose(sandbox: Sandbox, name: str | None = None) -> None:
+    def _remove(sandbox: Sandbox, name: str | None = None) -> None:
         """Removes a sandbox (under the job's name once taken) and its package folder."""
         if sandbox is not None:
             sandbox.remove()  # under the job's name once taken
         else:
-            remove_container(name)
+            remove_sandbox(name)
         if sandbox is not None and sandbox.folder:
             shutil.rmtree(sandbox.folder, ignore_errors=True)
 
@@ -186,7 +186,7 @@ class SandboxPool:
                     sandbox = self.idle.popleft()
                     if sandbox.alive() and time.monotonic() - sandbox.created < MAX_IDLE_S:
                         return sandbox
-                    threading.Thread(target=self._dispose, args=(sandbox,), daemon=True).start()
+                    threading.Thread(target=self._remove, args=(sandbox,), daemon=True).start()
                 if not self.starting or not self.ready.wait(timeout=10):
                     return None
 
@@ -242,7 +242,7 @@ class SandboxPool:
         try:
             outcome = None
             if sandbox is not None and packages and not self.packages:
-                self._dispose(sandbox)  # this pool cannot lend packages (the task does not send such jobs)
+                self._remove(sandbox)  # this pool cannot lend packages (the task does not send such jobs)
                 sandbox = None
             elif sandbox is not None:
                 try:
@@ -252,7 +252,7 @@ class SandboxPool:
                                           keep_artifact=self.cache.on, references=spec.references if packages else None,
                                           head=head)
                 except SandboxGone:  # only ever before the script reached it: a cold start instead
-                    self._dispose(sandbox)
+                    self._remove(sandbox)
                     sandbox = None
             if outcome is None:  # none ready (or it was gone): a cold start, as without the pool
                 sandbox = Sandbox(replace(spec, artifacts=self.cache.on))
@@ -261,7 +261,7 @@ class SandboxPool:
                 self.cache.put(key, sandbox.artifact)
             return outcome
         finally:  # whatever happened: the teardown is off the job's path, but always happens
-            threading.Thread(target=self._dispose, args=(sandbox, spec.name), daemon=True).start()
+            threading.Thread(target=self._remove, args=(sandbox, spec.name), daemon=True).start()
 
     def cache_stats(self) -> dict:
         return self.cache.stats()
@@ -315,5 +315,5 @@ def run_pooled(spec: SandboxSpec, script: str, pool: PoolSpec, head: bytes = b""
         try:
             return ray.get(pool_for(spec, pool, cached).run.remote(spec, script, head))
         except (PoolClosed, ray.exceptions.RayActorError):
-            stop_job_sandbox(spec.job_id)
+            remove_job_sandbox(spec.job_id)
     return None

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from executors.nuget.restore import MOUNT_ROOT
+from executors.nuget.spec import MOUNT_ROOT
 
 
 def lend_packages(folder: Path, mounts: tuple[tuple[str, str], ...]) -> None:

@@ -16,8 +16,8 @@ from ray.util.state import list_actors
 from cluster.agent_types import MONO_6
 from cluster.node import API_RESOURCE
 from executors.spec import LABEL, Limits, SandboxSpec
-from executors.engines.docker import container_config, engine
-from executors.sandbox import remove_container
+from executors.engines.docker import container_config, docker_api
+from executors.sandbox import remove_sandbox
 from executors.reaper import reap
 from serve_app.store import JobStore
 from testing.services import api_service
@@ -152,11 +152,11 @@ def test_a_node_running_jobs_has_its_orphans_reaped_at_every_sweep(stack):
     node = stack.store.get(uuid.UUID(job_id)).node_id
     orphan = SandboxSpec(job_id=f"orphan-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
                          node_id=node, limits=Limits(wall_time_s=1), reap_grace_s=-60)  # its task died long ago
-    engine().create_container_from_config(container_config(orphan), orphan.name)
+    docker_api().create_container_from_config(container_config(orphan), orphan.name)
     try:
         until(lambda: orphan.name not in sandbox_containers(), 30, "the orphan was reaped", interval=0.2)
     finally:
-        remove_container(orphan.name)
+        remove_sandbox(orphan.name)
 
 
 def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reaped(stack):
@@ -174,7 +174,7 @@ def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reap
     # the lost node's machine joins again (a new Ray node): sandboxes the dead node left are reaped
     orphan = SandboxSpec(job_id=f"orphan-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
                          node_id=first, limits=Limits(wall_time_s=120))
-    engine().create_container_from_config(container_config(orphan), orphan.name)
+    docker_api().create_container_from_config(container_config(orphan), orphan.name)
     try:
         stack.nodes.append(stack.cluster.add_node(num_cpus=1, resources={MONO: 2}))
         stack.cluster.wait_for_nodes()
@@ -185,7 +185,7 @@ def test_a_worker_node_lost_mid_job_is_run_again_on_another_and_its_orphans_reap
 
         until(lambda: not left(), 30, "the dead node's sandboxes were reaped", interval=0.2)
     finally:
-        remove_container(orphan.name)
+        remove_sandbox(orphan.name)
 
 
 def test_a_job_whose_second_run_is_lost_too_is_rejected_with_the_reason(stack):

@@ -13,7 +13,7 @@ import pytest
 
 from cluster.agent_types import MONO_6
 from executors import network
-from executors.engines.docker import engine
+from executors.engines.docker import docker_api
 from executors.sandbox import Sandbox, run_sandbox
 from executors.spec import Limits, SandboxSpec
 from tests.conftest import sandbox_containers
@@ -70,7 +70,7 @@ def public_host():
             sh("ip", "route", "del", f"{addr}/32", "dev", "ds-pub0", check=False)
         sh("ip", "link", "del", "ds-pub0", check=False)
         sh("ip", "netns", "del", NS, check=False)
-        network.remove_egress(engine())
+        network.remove_egress(docker_api())
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ def test_none_mode_reaches_nothing(public_host):
 
 
 def egress_networks() -> set[str]:
-    return set(network.networks(engine()))
+    return set(network.networks(docker_api()))
 
 
 def test_rules_are_installed_idempotently_and_removed_completely(public_host):
@@ -174,7 +174,7 @@ def test_rules_are_installed_idempotently_and_removed_completely(public_host):
     assert sh("iptables", "-S", "FORWARD").stdout.count(network.CHAIN_FORWARD) == 1
     assert sh("iptables", "-S", "INPUT").stdout.count(network.CHAIN_INPUT) == 1
     assert network.restore_input((), before) is None
-    network.remove_egress(engine())
+    network.remove_egress(docker_api())
     assert network.CHAIN_FORWARD not in sh("iptables", "-S").stdout
     assert network.CHAIN_INPUT not in sh("iptables", "-S").stdout
     assert egress_networks() == set()
@@ -188,7 +188,7 @@ def test_each_egress_sandbox_has_a_network_of_its_own_removed_with_it(public_hos
     try:
         mine = egress_networks() - before
         assert len(mine) == 1
-        attached = engine().inspect_network(mine.pop())["Containers"]
+        attached = docker_api().inspect_network(mine.pop())["Containers"]
         assert [c["Name"] for c in attached.values()] == [spec.name]
     finally:
         sandbox.remove()
@@ -275,7 +275,7 @@ def test_an_egress_sandbox_learns_nothing_of_the_other_jobs(public_host):
     others = [Sandbox(SandboxSpec(job_id=f"{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,
                                   network="egress", limits=Limits(wall_time_s=120))) for _ in range(3)]
     try:
-        ips = [next(iter(engine().inspect_container(o.name)["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        ips = [next(iter(docker_api().inspect_container(o.name)["NetworkSettings"]["Networks"].values()))["IPAddress"]
                for o in others]
         script = LOOKUP + "".join(f'Reverse("{ip}");\n' for ip in ips) + "".join(f'Forward("{o.name}");\n' for o in others)
         spec = SandboxSpec(job_id=f"egress-{uuid.uuid4()}", image=MONO_6.image, command=MONO_6.command,

@@ -14,7 +14,7 @@ import pytest
 
 from cluster.agent_types import MONO_6
 from executors.spec import KILLED, Limits, SandboxSpec
-from executors.engines.docker import engine as docker_api
+from executors.engines.docker import docker_api
 from executors.sandbox import Sandbox, run_sandbox
 from testing.scripts import FORK_BOMB, MEMORY_BOMB, SH, THREAD_BOMB
 from testing.waiting import until

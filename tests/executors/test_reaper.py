@@ -8,7 +8,7 @@ import pytest
 from cluster.agent_types import MONO_6
 from executors.engines import engine_for
 from executors.reaper import expired, orphaned
-from executors.sandbox import Sandbox, remove_container
+from executors.sandbox import Sandbox, remove_sandbox
 from executors.spec import LABEL, Limits, SandboxSpec
 from tests.conftest import sandbox_containers
 
@@ -41,12 +41,12 @@ def test_an_orphan_listed_then_replaced_under_its_name_is_not_the_one_removed(en
     Sandbox(lost)
     listed = {k: v for k, v in engine_for(lost).sandboxes().items() if v.get(LABEL) == lost.job_id}
     assert len(listed) == 1
-    remove_container(lost.name)
+    remove_sandbox(lost.name)
     again = Sandbox(replace(lost, node_id="live-node"))
     try:
         for key, labels in listed.items():
             engine_for(lost).remove_listed(key, labels)
         assert again.run('Console.WriteLine("still mine");').stdout == "still mine\n"
     finally:
-        remove_container(lost.name)
+        remove_sandbox(lost.name)
     assert lost.name not in sandbox_containers()

@@ -13,8 +13,8 @@ import requests
 from cluster.agent_types import MONO_6
 from executors.engines import docker as docker_engine
 from executors.spec import Limits, SandboxError, SandboxGone, SandboxSpec
-from executors.engines.docker import engine
-from executors.sandbox import Sandbox, remove_container, run_sandbox
+from executors.engines.docker import docker_api
+from executors.sandbox import Sandbox, remove_sandbox, run_sandbox
 from tests.conftest import sandbox_containers
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,13 @@ def test_a_sandbox_runs_once_made_with_no_process_of_ours_and_gets_its_script_on
     before, s = children(), spec()
     sandbox = Sandbox(s)
     try:
-        assert sandbox.alive() and engine().inspect_container(s.name)["State"]["Running"]  # started, not starting
+        assert sandbox.alive() and docker_api().inspect_container(s.name)["State"]["Running"]  # started, not starting
         assert sandbox.wait_started(timeout=0.1)
         assert children() == before  # no `docker run` per sandbox: its stdio is an attach to the engine
         assert sandbox.proc.sock.gettimeout() is None  # an idle pooled one, a silent script: no read times out
         o = sandbox.run('Console.WriteLine("out"); Console.Error.WriteLine("err"); return 7;')
     finally:
-        remove_container(s.name)
+        remove_sandbox(s.name)
     assert (o.exit_code, o.stdout, o.stderr) == (7, "out\n", "err\n")
     assert s.name not in sandbox_containers()
 
@@ -56,10 +56,10 @@ def test_a_detached_sandbox_runs_on_until_removed():
     s = spec()
     sandbox = Sandbox(s)
     try:
-        sandbox.proc.kill()  # detached, as a used pooled sandbox is until its teardown
+        sandbox.proc.detach()  # as a used pooled sandbox is until its teardown
         sandbox.out.join(10)
         assert sandbox.out.eof and not sandbox.alive()
-        assert engine().inspect_container(s.name)["State"]["Running"]
+        assert docker_api().inspect_container(s.name)["State"]["Running"]
     finally:
         sandbox.remove()
     assert s.name not in sandbox_containers()
@@ -77,7 +77,7 @@ def test_a_sandbox_docker_cannot_start_is_our_error_and_leaves_nothing(broken):
 def test_a_script_silent_for_longer_than_the_engine_client_s_timeout_keeps_its_streams(monkeypatch):
     # the attach socket is the client's connection: its timeout (30 s in the service) must not apply
     client = docker.APIClient(version="auto", timeout=5, **docker.utils.kwargs_from_env())
-    monkeypatch.setattr(docker_engine, "engine", lambda: client)
+    monkeypatch.setattr(docker_engine, "docker_api", lambda: client)
     o = run_sandbox(spec(), 'System.Threading.Thread.Sleep(7000); Console.WriteLine("still here");')
     assert (o.exit_code, o.stdout, o.timed_out) == (0, "still here\n", False)
 
@@ -124,8 +124,8 @@ class _SlowEngine:
 def test_a_docker_timeout_after_the_script_ran_is_our_error_never_a_sandbox_gone_before_it(monkeypatch):
     # a timeout is an OSError: the pool took it for a sandbox gone before its script and ran the job
     # again in a cold one
-    slow = _SlowEngine(engine())
-    monkeypatch.setattr(docker_engine, "engine", lambda: slow)
+    slow = _SlowEngine(docker_api())
+    monkeypatch.setattr(docker_engine, "docker_api", lambda: slow)
     pooled, job = spec(), spec(limits=Limits(wall_time_s=2))
     sandbox = Sandbox(replace(pooled, limits=job.limits))
     with pytest.raises(SandboxError) as e:

@@ -15,9 +15,9 @@ from executors.pool import NAMESPACE, PER_SLOT, REFILL_AFTER_S, pool_for, pool_n
 from executors.spec import PoolSpec
 from executors.reaper import reap
 from executors.spec import CONTAINER_PREFIX, Limits, SandboxSpec
-from executors.sandbox import remove_container
+from executors.sandbox import remove_sandbox
 from executors.nuget.config import parse
-from executors.nuget.restore import NuGetSpec
+from executors.nuget.spec import NuGetSpec
 from executors.task import _run, run_job
 from testing.waiting import until
 from tests.conftest import POOLED, sandbox_containers
@@ -85,7 +85,7 @@ def kill_pool(actor, before: set[str]) -> None:
     until(dead, 30, "the pool's actor died", interval=0.1)
     time.sleep(1)  # a sandbox start its end cut short has created its container by now, or never will
     for name in pooled_containers() - before:
-        remove_container(name)
+        remove_sandbox(name)
 
 
 def test_the_pool_holds_sandboxes_per_slot_of_the_node_warmed_up_while_no_job_runs(local_ray):

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 from executors.spec import Outcome
-from serve_app.dispatch import AHEAD, result_from_outcome, room
+from serve_app.dispatch import AHEAD, result_from_outcome, jobs_to_hand_out
 from serve_app.models import FinishedWith
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -50,7 +50,7 @@ def test_a_clean_run_hit_no_limit():
 
 
 def test_the_dispatcher_hands_ray_the_free_slots_and_a_few_more():
-    assert room(slots=4, in_flight=0) == 4 + AHEAD
-    assert room(slots=4, in_flight=4 + AHEAD) == 0
-    assert room(slots=0, in_flight=0) == AHEAD  # no node yet: the autoscaler still sees demand
-    assert room(slots=2, in_flight=9) == 0
+    assert jobs_to_hand_out(slots=4, in_flight=0) == 4 + AHEAD
+    assert jobs_to_hand_out(slots=4, in_flight=4 + AHEAD) == 0
+    assert jobs_to_hand_out(slots=0, in_flight=0) == AHEAD  # no node yet: the autoscaler still sees demand
+    assert jobs_to_hand_out(slots=2, in_flight=9) == 0

@@ -19,7 +19,7 @@ from cluster.agent_types import MONO_6
 from executors.engines import oci, runsc
 from executors.reaper import reap
 from executors.spec import KILLED, LABEL, Limits, SandboxError, SandboxSpec, labels, via_runsc
-from executors.sandbox import Sandbox, run_sandbox, stop_job_sandbox
+from executors.sandbox import Sandbox, run_sandbox, remove_job_sandbox
 from testing.waiting import until
 from tests.conftest import sandbox_containers
 
@@ -101,7 +101,7 @@ def test_a_taken_sandbox_is_stopped_by_its_job_s_name():
         runner = threading.Thread(target=lambda: got.update(e=_run_expecting_error(s, job)))
         runner.start()
         until(lambda: f"dotnet-scripts-job-{job}" in sandbox_containers(), 20, "the job has taken the sandbox")
-        stop_job_sandbox(job)  # as the service does on DELETE, from another process
+        remove_job_sandbox(job)  # as the service does on DELETE, from another process
         runner.join(20)
         assert got["e"] is True and not runner.is_alive()
     finally:

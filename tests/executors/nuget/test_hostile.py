@@ -20,7 +20,8 @@ from executors.nuget.cache import META
 from executors.nuget.config import Source, parse
 from executors.nuget.feeds import same_origin
 from executors.nuget.packages import Target
-from executors.nuget.restore import NuGetSpec, RestoreError, references, restore
+from executors.nuget.restore import restore
+from executors.nuget.spec import NuGetSpec, RestoreError, references
 from testing.nuget_feed import PASSWORD, USER, nuspec, pack, response, serve, serve_raw, v3_index
 
 # hostile feeds served on loopback, restores in cgroups of their own, deadlines waited out

@@ -11,7 +11,8 @@ import pytest
 
 from executors.nuget.config import Source, parse
 from executors.nuget.packages import Target
-from executors.nuget.restore import (Cache, NuGetSpec, RestoreError, references, restore)
+from executors.nuget.restore import Cache, restore
+from executors.nuget.spec import NuGetSpec, RestoreError, references
 from executors.nuget.versions import Version
 
 pytestmark = pytest.mark.integration
