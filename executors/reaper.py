@@ -45,6 +45,18 @@ def reap(dead_nodes: set[str] = frozenset()) -> list[str]:
     return doomed
 
 
+def remove_all() -> list[str]:
+    """Removes every sandbox on this machine: only where nothing may be running yet (a machine
+    that joins the cluster again, before its `ray start`). Returns their job ids."""
+    removed = []
+    for engine in engines.ALL:
+        for key, labels in engine.sandboxes().items():
+            engine.remove_listed(key, labels)
+            removed.append(labels.get(LABEL, key))
+        engine.tidy()
+    return removed
+
+
 def dead_ray_nodes() -> set[str]:
     import ray
 

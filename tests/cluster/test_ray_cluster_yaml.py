@@ -1,5 +1,9 @@
 """ray-cluster.yaml passes Ray's own config validation and offers every catalogued agent type."""
 
+import ast
+import importlib
+import inspect
+import re
 from pathlib import Path
 
 import yaml
@@ -37,3 +41,22 @@ def test_every_node_s_ray_starts_with_the_service_s_serve_knobs():
         start = next(c for c in commands if "ray start" in c)
         for key, value in SERVE_TUNING.items():
             assert f"{key}={value} " in start, (key, start)
+
+
+def test_the_python_the_nodes_run_calls_what_the_code_has():
+    # a renamed function or parameter broke every worker's start without any other test noticing
+    cfg = yaml.safe_load(CONFIG.read_text())
+    commands = [c for key, value in cfg.items() if key.endswith("_commands") for c in value]
+    snippets = [m.group(1) for c in commands for m in re.finditer(r"python -c '([^']*)'", c)]
+    assert snippets
+    for code in snippets:
+        names = {}
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom):
+                module = importlib.import_module(node.module)
+                names |= {a.asname or a.name: getattr(module, a.name) for a in node.names}
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
+                args = [ast.literal_eval(a) for a in node.args]
+                kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+                inspect.signature(names[node.func.id]).bind(*args, **kwargs)
