@@ -31,6 +31,8 @@ class AgentType:
     artifacts: bool = False
     #: the runner writes end frames (SandboxSpec.end_frames)
     end_frames: bool = False
+    #: the runner reports its compile (SandboxSpec.report): results get a phase and diagnostics
+    report: bool = False
     #: the runner's environment in every sandbox (never secrets)
     env: tuple[tuple[str, str], ...] = ()
     #: how the image starts a command after a delay: these, the seconds, the command (pooled
@@ -48,6 +50,7 @@ MONO_6 = AgentType(
     nuget=Target(net=(4, 8), netstandard=None),
     artifacts=True,
     end_frames=True,
+    report=True,
     # runner/after.c: no shell, no `sleep` process per pooled sandbox
     delayed_start=("/opt/csrun/after",),
 )

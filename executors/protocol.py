@@ -1,11 +1,14 @@
-"""The runners' stdin/stdout contract: what precedes a script on stdin (package references, a
-compiled artifact, the warm-up marker), what a runner writes around the script's output (the
-artifact frame first, the end frames last), and the reader that keeps a stream's output capped."""
+"""The runners' stdin/stdout contract: what precedes a script on stdin (the warm-up marker,
+package references, a compiled artifact, the job's args and stdin), what a runner writes around
+the script's output (its compile report and the artifact frame first, the end frames last), and
+the reader that keeps a stream's output capped."""
 
 from __future__ import annotations
 
 import re
 import threading
+
+from executors.spec import Compiled
 
 #: how the runner (CSRUN_ARTIFACTS=1) frames the compiled script ahead of the script's output
 ARTIFACT_MAGIC = b"\0csrun-artifact "
@@ -33,9 +36,42 @@ def input_frames(args: tuple[str, ...] | list[str], stdin: bytes) -> bytes:
     return _frame(ARGS_MAGIC, b"".join(a.encode() + b"\0" for a in args)) + _frame(STDIN_MAGIC, stdin)
 
 
+#: how a runner (CSRUN_REPORT=1) reports its compile, first on stdout: "<status> <ms>\n" + messages
+COMPILED_MAGIC = b"\0csrun-compiled "
+MAX_REPORT_BYTES = 1 << 20  #: compiler messages beyond this are not kept in the report
+#: a compiler message: `file(line,column): error CS0029: text`; the location may be missing
+_DIAGNOSTIC = re.compile(r"^(?:(?P<file>[^\s(][^(]*)\((?P<line>\d+),(?P<column>\d+)\): )?"
+                         r"(?P<severity>error|warning) (?P<code>[A-Z]+\d+): (?P<message>.*)$")
+
+
+def compile_report(body: bytes | None) -> Compiled | None:
+    """The runner's compile report from its frame's body; None without one (or a garbled one)."""
+    if body is None:
+        return None
+    head, _, messages = body.partition(b"\n")
+    status, _, ms = head.decode("ascii", errors="replace").partition(" ")
+    if status not in ("ok", "failed", "cached") or not ms.isdigit():
+        return None
+    return Compiled(status, int(ms), messages.decode("utf-8", errors="replace"))
+
+
+def diagnostics(messages: str) -> list[dict]:
+    """The compiler's messages as data (severity, code, file, line, column, message); lines that
+    are not messages (mcs's notes on a related symbol) are left out."""
+    found = []
+    for line in messages.splitlines():
+        m = _DIAGNOSTIC.match(line)
+        if m:
+            found.append({"severity": m["severity"], "code": m["code"], "file": m["file"],
+                          "line": int(m["line"]) if m["line"] else None,
+                          "column": int(m["column"]) if m["column"] else None, "message": m["message"]})
+    return found
+
+
 def runner_env(spec) -> tuple[tuple[str, str], ...]:
     """How a spec's runner options reach csrun: its environment (the only place it reads them)."""
     return (*((("CSRUN_END", "1"),) if spec.end_frames else ()),
+            *((("CSRUN_REPORT", "1"),) if spec.report else ()),
             *((("CSRUN_ARTIFACTS", "1"),) if spec.artifacts else ()),
             *((("CSRUN_REFERENCES", "-"),) if spec.references_on_stdin else
               (("CSRUN_REFERENCES", ":".join(spec.references)),) if spec.references else ()))
@@ -54,42 +90,51 @@ def references_frame(paths: tuple[str, ...]) -> bytes:
 
 
 class CappedReader(threading.Thread):
-    """Reads a stream to its end, keeping at most `cap` bytes: memory stays flat on a flood. With
-    `expect_frame` (set before the runner gets its input) an artifact frame at the very start is
-    taken apart from the output: the runner writes it before the script runs, so only there."""
+    """Reads a stream to its end, keeping at most `cap` bytes: memory stays flat on a flood. The
+    frames named in `expect` (set before the runner gets its input), those of them that come, in
+    that order, at the very start are taken apart from the output into `frames`: the runner
+    writes them before the script runs, so only there."""
 
     def __init__(self, stream, cap: int, end: re.Pattern | None, changed: threading.Event):
         super().__init__(daemon=True)
         self.stream, self.cap, self.end, self.changed = stream, cap, end, changed
         self.data = bytearray()
-        self.expect_frame = False
-        self.frame: bytes | None = None
+        self.expect: tuple[bytes, ...] = ()
+        self.frames: dict[bytes, bytes] = {}
         self.total, self.tail = 0, b""  #: bytes of output so far, and the last of them
         self.ended: re.Match | None = None  #: the end frame, while it is the last thing read
         self.eof = False
 
+    @property
+    def frame(self) -> bytes | None:
+        """The compiled artifact, if the runner handed one out."""
+        return self.frames.get(ARTIFACT_MAGIC)
+
     def run(self) -> None:
         first = self.stream.read1(65536)
-        if first and self.expect_frame:
-            first = self._take_frame(first)
+        for magic in self.expect:
+            first = first or self.stream.read1(65536)  # the previous frame ended where a read did
+            if first:
+                first = self._take_frame(first, magic)
         self._keep(first)
         while chunk := self.stream.read1(65536):
             self._keep(chunk)
         self.eof = True
         self.changed.set()
 
-    def _take_frame(self, head: bytes) -> bytes:
+    def _take_frame(self, head: bytes, magic: bytes) -> bytes:
         """Removes the frame from the start of the stream; returns the output that follows it."""
-        n = len(ARTIFACT_MAGIC)
+        n = len(magic)
         while (nl := head.find(b"\n", n)) < 0:
-            if not ARTIFACT_MAGIC.startswith(head[:n]) or len(head) > n + 12:
+            if not magic.startswith(head[:n]) or len(head) > n + 12:
                 return head  # no frame (e.g. the compile failed): all output
             more = self.stream.read1(65536)
             if not more:
                 return head
             head += more
-        if not head.startswith(ARTIFACT_MAGIC) or not head[n:nl].isdigit():
+        if not head.startswith(magic) or not head[n:nl].isdigit():
             return head
+        keep = MAX_ARTIFACT_BYTES if magic == ARTIFACT_MAGIC else MAX_REPORT_BYTES
         length, body = int(head[n:nl]), bytearray(head[nl + 1:])
         got = len(body)
         while got < length:
@@ -97,10 +142,10 @@ class CappedReader(threading.Thread):
             if not more:
                 return b""
             got += len(more)
-            if len(body) <= MAX_ARTIFACT_BYTES:  # a larger one is read to its end but not kept
+            if len(body) <= keep:  # a larger one is read to its end but not kept whole
                 body += more
-        if length <= MAX_ARTIFACT_BYTES:
-            self.frame = bytes(body[:length])
+        if length <= keep or magic != ARTIFACT_MAGIC:  # a report cut short still tells; an artifact would not run
+            self.frames[magic] = bytes(body[:min(length, keep)])
         return bytes(body[length:])
 
     def _keep(self, chunk: bytes) -> None:

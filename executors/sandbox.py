@@ -13,7 +13,9 @@ from pathlib import Path
 
 from executors import engines
 from executors.engines.base import Exit
-from executors.protocol import END_FRAME, EXIT_FRAME, WARMUP_MARKER, CappedReader, artifact_frame, references_frame
+from executors.protocol import (ARTIFACT_MAGIC, COMPILED_MAGIC, END_FRAME, EXIT_FRAME, WARMUP_MARKER, CappedReader,
+                                artifact_frame, compile_report, references_frame)
+from executors.usage import Meter
 from executors.spec import CONTAINER_PREFIX, EXIT_GRACE_S, KILLED, Outcome, SandboxError, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -81,12 +83,15 @@ class Sandbox:
         of compiling; with `keep_artifact` the one it compiles is kept in `self.artifact`
         (`spec.artifacts`). `references`: the job's package assemblies, for a runner with
         `spec.references_on_stdin`. `head`: what its runner reads after those and before the script."""
+        meter = Meter(self.engine.cgroup(self.spec, self.proc))
         try:
             if name and name != self.name:
                 self.engine.rename(self.spec, self.proc, self.name, name)
                 self.name = name
+                meter.start()  # pre-started: its cost counts from now (a cold one's from its start)
             started = datetime.now(timezone.utc)
-            self.out.expect_frame = keep_artifact and artifact is None
+            self.out.expect = ((COMPILED_MAGIC,) if self.spec.report else ()) + (
+                (ARTIFACT_MAGIC,) if keep_artifact and artifact is None else ())
             data = b"".join((references_frame(references) if references else b"",
                              artifact_frame(artifact) if artifact is not None else b"", head, script.encode()))
             kills = oom_kills()
@@ -98,8 +103,10 @@ class Sandbox:
                     break
                 if not self.changed.wait(deadline - time.monotonic()) and time.monotonic() >= deadline:
                     timed_out = True
-                    self.engine.kill(self.name)
                     break
+            used = (meter.cpu_ms(), meter.peak_memory_kb())  # before its cgroup goes with its end
+            if timed_out:
+                self.engine.kill(self.name)
             self.ended_by_frames = not timed_out and not (self.out.eof and self.err.eof)
             if not self.ended_by_frames:
                 self.proc.wait(timeout=30)
@@ -112,6 +119,7 @@ class Sandbox:
                     exit_code=int(self.out.ended.group(1)) & 0xFF, stdout=self.out.text(), stderr=self.err.text(),
                     stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,
                     timed_out=False, out_of_memory=False, started_at=started, finished_at=finished,
+                    compiled=compile_report(self.out.frames.get(COMPILED_MAGIC)), cpu_ms=used[0], memory_peak_kb=used[1],
                 )
             ended = self.engine.exit(self.spec, self.proc, self.name)
             if ended is None:  # our words only: what the sandbox wrote may be the script's
@@ -123,6 +131,7 @@ class Sandbox:
                 stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,
                 timed_out=timed_out, out_of_memory=killed_for_memory(ended, timed_out, kills, oom_kills()),
                 started_at=started, finished_at=finished,
+                compiled=compile_report(self.out.frames.get(COMPILED_MAGIC)), cpu_ms=used[0], memory_peak_kb=used[1],
             )
         finally:
             if remove:

@@ -44,6 +44,8 @@ class SandboxSpec:
     end_frames: bool = False
     #: the runner hands out what it compiles and runs a compiled artifact given ahead of the script
     artifacts: bool = False
+    #: the runner reports its compile (status, time, messages) ahead of the script's output
+    report: bool = False
     #: the job's package assemblies (paths inside the sandbox) the runner references
     references: tuple[str, ...] = ()
     #: the runner reads that list ahead of the script instead (a pooled sandbox: no job yet at its start)
@@ -71,6 +73,14 @@ class SandboxSpec:
 
 
 @dataclass(frozen=True)
+class Compiled:
+    """What the runner reported of its compile, written before the script ran."""
+    status: str  #: "ok", "failed" (the script never ran), "cached" (a compiled one was run)
+    ms: int  #: the compile's wall time
+    messages: str  #: the compiler's errors and warnings, as on stderr
+
+
+@dataclass(frozen=True)
 class Outcome:
     exit_code: int | None  #: None when the run was killed for its time limit
     stdout: str
@@ -81,6 +91,9 @@ class Outcome:
     out_of_memory: bool
     started_at: datetime
     finished_at: datetime
+    compiled: Compiled | None = None  #: None: the runner does not report its compile
+    cpu_ms: int | None = None  #: its cgroup's CPU time (executors/usage.py); None: not readable
+    memory_peak_kb: int | None = None
 
 
 class SandboxError(RuntimeError):
@@ -115,7 +128,8 @@ class PoolSpec:
     #: node with a live actor as busy, and an autoscaler would never remove it
     idle_s: float = 120.0
     #: compiled scripts kept for repeats (runners with CSRUN_ARTIFACTS); 0: none, every job compiles
-    cache_mb: int = 64
+    #: (the pool of a runner without artifacts must have 0: what it writes first is the script's)
+    cache_mb: int = 0
     #: on the node's NuGet cache's file system: each pooled sandbox has a folder here, bound read-only
     #: at /nuget, that a job's restored packages are linked into when it takes the sandbox.
     #: "": jobs with packages start a sandbox of their own (they are mounted at its start)

@@ -15,7 +15,7 @@ from executors.nuget.spec import NuGetSpec, RestoreError, references
 from executors.pool import run_pooled
 from executors.spec import PoolSpec
 from executors.reaper import dead_ray_nodes, reap
-from executors.spec import Outcome, SandboxError, SandboxSpec
+from executors.spec import Compiled, Outcome, SandboxError, SandboxSpec
 from executors.sandbox import run_sandbox, remove_job_sandbox
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def run_job(spec: SandboxSpec, script: str, pool: PoolSpec | None = None, nuget:
     except RestoreError as e:  # the script's packages: its own failure, told on its stderr
         outcome = Outcome(exit_code=1, stdout="", stderr=f"{e}\n", stdout_truncated=False, stderr_truncated=False,
                           timed_out=False, out_of_memory=False, started_at=started,
-                          finished_at=datetime.now(timezone.utc))
+                          finished_at=datetime.now(timezone.utc), compiled=Compiled("failed", 0, f"{e}\n"))
     except SandboxError as e:
         yield {"event": "ERROR", "reason": str(e)}
         return

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     #: a node's pool that had no job this long is removed, so that an autoscaler can remove the node
     pool_idle_s: float = Field(POOL_DEFAULTS["idle_s"], gt=0)
     #: compiled scripts each node's pool keeps, so a repeated script skips the compiler; 0: none
-    compile_cache_mb: int = Field(POOL_DEFAULTS["cache_mb"], ge=0, le=4096)
+    compile_cache_mb: int = Field(64, ge=0, le=4096)  # PoolSpec's 0 is for runners without artifacts
     #: agent types the local head offers slots of (empty: all enabled ones)
     local_agent_types: Annotated[list[str], NoDecode] = []
     #: NuGet.Config XML with the feeds of jobs that give none (empty: such jobs have no feeds)

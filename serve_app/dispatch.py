@@ -11,13 +11,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.node import on_the_head
+from executors.protocol import diagnostics
 from executors.spec import Outcome
 from executors.sandbox import remove_job_sandbox
 from executors.task import reap_node, remove_job_sandbox_on_node
 from serve_app.config import Settings
 from serve_app.events import Events
 from serve_app.launcher import NAMESPACE, launcher
-from serve_app.models import FinishedWith, Job, JobResult, JobStatus
+from serve_app.models import FinishedWith, Job, JobResult, JobStatus, Usage
 from serve_app.plan import plan
 from serve_app.store import JobStore
 
@@ -44,12 +45,18 @@ def result_from_outcome(o: Outcome) -> JobResult:
     else:
         limit = None
     signal = o.exit_code - 128 if o.exit_code is not None and 128 < o.exit_code < 160 else None
+    run_ms = int((o.finished_at - o.started_at).total_seconds() * 1000)
+    told = o.compiled is not None  # by the runner, before the script ran
     return JobResult(
         finished_with=finished, stdout=o.stdout, stderr=o.stderr, exit_code=o.exit_code,
         limit_exceeded=limit, signal=signal,
         stdout_truncated=o.stdout_truncated, stderr_truncated=o.stderr_truncated,
         out_of_memory=o.out_of_memory, started_at=o.started_at, finished_at=o.finished_at,
-        duration_ms=int((o.finished_at - o.started_at).total_seconds() * 1000),
+        duration_ms=run_ms,
+        phase=("COMPILE" if o.compiled.status == "failed" else "RUN") if told else None,
+        diagnostics=diagnostics(o.compiled.messages) if told else None,
+        usage=Usage(compile_ms=o.compiled.ms if told else None, run_ms=run_ms, cpu_ms=o.cpu_ms,
+                    memory_peak_kb=o.memory_peak_kb),
     )
 
 

@@ -48,6 +48,14 @@ class FinishedWith(str, Enum):
     TIME_LIMIT_EXCEEDED = "TIME_LIMIT_EXCEEDED"  #: killed at the wall-clock limit
 
 
+def _without_none(data: dict, keys: tuple[str, ...]) -> dict:
+    """Fields that came later are left out while unset: what was valid before reads as before."""
+    for key in keys:
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
+
+
 class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
@@ -158,12 +166,7 @@ class Payload(ApiModel):
 
     @model_serializer(mode="wrap")
     def _absent_stay_absent(self, handler):
-        # stdin and args came later: a job without them is shown as it was before, byte for byte
-        data = handler(self)
-        for key in ("stdin", "args"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+        return _without_none(handler(self), ("stdin", "args"))
 
 
 class JobRequest(ApiModel):
@@ -189,6 +192,25 @@ class JobRequest(ApiModel):
     payload: Payload
 
 
+class Diagnostic(ApiModel):
+    """One of the compiler's errors and warnings (or a failed package restore's error)."""
+
+    severity: Literal["error", "warning"]
+    code: str = Field(examples=["CS0029"])
+    file: Optional[str] = Field(None, description="the script's file, e.g. script.csx; null: no place", examples=["script.csx"])
+    line: Optional[int] = None
+    column: Optional[int] = None
+    message: str = Field(examples=["Cannot implicitly convert type `string' to `int'"])
+
+
+class Usage(ApiModel):
+    compile_ms: Optional[int] = Field(None, description="the compile's wall time; 0: a compiled script was reused")
+    run_ms: int = Field(description="from when the sandbox got the job (or its packages' restore began) to its end")
+    cpu_ms: Optional[int] = Field(None, description="CPU time of the sandbox (gVisor included), from its cgroup; "
+                                                    "null where it could not be read")
+    memory_peak_kb: Optional[int] = Field(None, description="the sandbox's peak memory, from its cgroup")
+
+
 class JobResult(ApiModel):
     """How a run ended. The first three fields are the original service's."""
 
@@ -205,6 +227,16 @@ class JobResult(ApiModel):
     started_at: Optional[datetime] = Field(None, description="when the sandbox started")
     finished_at: Optional[datetime] = Field(None, description="when the sandbox ended")
     duration_ms: Optional[int] = Field(None, description="finishedAt - startedAt in milliseconds")
+    phase: Optional[Literal["COMPILE", "RUN"]] = Field(
+        None, description="COMPILE: the script did not compile (or its packages did not restore) and never ran; "
+                          "RUN: it compiled and ran. Absent where the agent type's runner does not tell")
+    diagnostics: Optional[list[Diagnostic]] = Field(
+        None, description="the compiler's errors and warnings as data (they are on stderr too); absent as phase")
+    usage: Optional[Usage] = None
+
+    @model_serializer(mode="wrap")
+    def _absent_stay_absent(self, handler):
+        return _without_none(handler(self), ("phase", "diagnostics", "usage"))
 
 
 #: what a requestId is unique within: idempotency is per sender, never global (a guessed requestId

@@ -67,7 +67,7 @@ def sandbox_spec(settings: Settings, job_id: uuid.UUID, agent_type: str, config:
     limits, network = job_profile(settings, agent_type, config)
     return SandboxSpec(job_id=str(job_id), image=t.image, command=t.command, runtime=settings.sandbox_runtime,
                        user=t.user, work_dir=t.work_dir, network=network,
-                       egress_allow=tuple(settings.egress_allow), limits=limits, env=t.env, end_frames=t.end_frames,
+                       egress_allow=tuple(settings.egress_allow), limits=limits, env=t.env, end_frames=t.end_frames, report=t.report,
                        engine=settings.sandbox_engine, delayed_start=t.delayed_start)
 
 

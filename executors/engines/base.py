@@ -75,5 +75,9 @@ class Engine(ABC):
         """Removes a sandbox `sandboxes()` listed, and not another that took its name since (the
         reaper's list is old by then: a lost job's next run may have started under its name)."""
 
+    def cgroup(self, spec, stdio: Stdio) -> str | None:
+        """Its cgroup's path under each hierarchy's root (executors/usage.py), if known."""
+        return None
+
     def tidy(self) -> None:
         """Removes what sandboxes of this engine left behind besides themselves."""

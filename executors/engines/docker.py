@@ -258,6 +258,19 @@ def state(name: str) -> dict | None:
         raise SandboxError(f"Docker did not tell how the sandbox ended: {type(e).__name__}") from None
 
 
+_driver: list[str] = []  #: Docker's cgroup driver, once it answered
+
+
+def cgroup_driver() -> str:
+    """Docker's cgroup driver (asked until it answers, then kept: it is the daemon's)."""
+    if not _driver:
+        try:
+            _driver.append(docker_api().info().get("CgroupDriver", ""))
+        except (DockerException, requests.RequestException):
+            return ""
+    return _driver[0]
+
+
 def image_id(image: str) -> str:
     try:
         return docker_api().inspect_image(image)["Id"]
@@ -280,6 +293,10 @@ class DockerEngine(Engine):
             raise SandboxError(str(e)) from None
         attached.network = egress
         return attached
+
+    def cgroup(self, spec: SandboxSpec, stdio: Stdio) -> str | None:
+        driver = cgroup_driver()  # where Docker puts a container's cgroup (no CgroupParent of ours)
+        return {"cgroupfs": f"docker/{stdio.id}", "systemd": f"system.slice/docker-{stdio.id}.scope"}.get(driver)
 
     def rename(self, spec: SandboxSpec, stdio: Stdio, name: str, new: str) -> None:
         try:

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -68,10 +69,17 @@ def events(since: float) -> list[tuple[str, str, str]]:
 
 
 def write_bundle(spec, labels: dict[str, str]) -> Path:
+    """Its bundle, whole or not at all: the reaper takes one without labels for a broken one."""
     rootfs, env = image_rootfs(spec.image)
-    bundle = BUNDLES_DIR / spec.name
-    bundle.mkdir(parents=True, exist_ok=False)
-    (bundle / "config.json").write_text(json.dumps(oci_config(spec, rootfs, env, labels)))
+    BUNDLES_DIR.mkdir(parents=True, exist_ok=True)
+    bundle, new = BUNDLES_DIR / spec.name, Path(tempfile.mkdtemp(dir=BUNDLES_DIR, prefix=".new-"))
+    try:
+        (new / "config.json").write_text(json.dumps(oci_config(spec, rootfs, env, labels)))
+        if bundle.exists():
+            raise FileExistsError(f"a sandbox named {spec.name} exists")
+        new.rename(bundle)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
     record("create", spec.name, spec.job_id)
     return bundle
 
@@ -215,7 +223,7 @@ def _kill(cid: str) -> bool:
 
 def sandboxes() -> dict[str, dict[str, str]]:
     """This node's runsc sandboxes: their own name (never a job's they took) → labels (their
-    bundles' annotations; {} for one half written or half removed, an orphan once a minute old)."""
+    bundles' annotations; {} for one half removed, or a bundle never finished, once a minute old)."""
     found = {}
     if BUNDLES_DIR.is_dir():
         for bundle in BUNDLES_DIR.iterdir():
@@ -255,6 +263,9 @@ class RunscEngine(Engine):
 
     def up(self, spec, stdio: Stdio) -> bool:
         return started(spec.name)
+
+    def cgroup(self, spec, stdio: Stdio) -> str | None:
+        return f"{CGROUP_PARENT}/{spec.name}"
 
     def rename(self, spec, stdio: Stdio, name: str, new: str) -> None:
         if stdio.poll() is not None:

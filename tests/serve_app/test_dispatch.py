@@ -2,7 +2,7 @@
 
 from datetime import datetime, timedelta, timezone
 
-from executors.spec import Outcome
+from executors.spec import Compiled, Outcome
 from serve_app.dispatch import AHEAD, result_from_outcome, jobs_to_hand_out
 from serve_app.models import FinishedWith
 
@@ -54,3 +54,19 @@ def test_the_dispatcher_hands_ray_the_free_slots_and_a_few_more():
     assert jobs_to_hand_out(slots=4, in_flight=4 + AHEAD) == 0
     assert jobs_to_hand_out(slots=0, in_flight=0) == AHEAD  # no node yet: the autoscaler still sees demand
     assert jobs_to_hand_out(slots=2, in_flight=9) == 0
+
+
+def test_the_runner_s_compile_report_gives_the_phase_diagnostics_and_compile_time():
+    failed = result_from_outcome(outcome(exit_code=1, compiled=Compiled(
+        "failed", 320, "script.csx(1,9): error CS0029: Cannot implicitly convert type `string' to `int'\n")))
+    assert failed.phase == "COMPILE" and failed.usage.compile_ms == 320 and failed.usage.run_ms == 1500
+    assert [(d.severity, d.code, d.line, d.column) for d in failed.diagnostics] == [("error", "CS0029", 1, 9)]
+    ran = result_from_outcome(outcome(exit_code=1, compiled=Compiled("cached", 0, "")))
+    assert (ran.phase, ran.diagnostics, ran.usage.compile_ms) == ("RUN", [], 0)
+
+
+def test_without_a_report_there_is_no_phase_and_the_result_reads_as_before():
+    r = result_from_outcome(outcome())
+    assert r.phase is None and r.diagnostics is None and r.usage.compile_ms is None
+    shown = r.model_dump(by_alias=True, mode="json")
+    assert "phase" not in shown and "diagnostics" not in shown and shown["usage"]["runMs"] == 1500

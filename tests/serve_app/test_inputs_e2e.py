@@ -68,3 +68,9 @@ def test_stdin_with_a_lone_surrogate_is_a_400(client):
             '"agentType": "linux-amd64-mono-6", "stdin": "a\\ud800b"}}' % uuid.uuid4())
     r = client.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and "payload.stdin" in r.text and "surrogate" in r.text, r.text
+
+
+def test_a_static_field_s_initialiser_sees_the_args_and_a_bom_ahead_of_the_script_is_no_code(jobs):
+    script = '\ufeffusing System.Text;\nstatic string first = Args.Count > 0 ? Args[0] : "none";\nConsole.WriteLine(first);'
+    job = jobs.run(script, args=["given"])
+    assert job["result"]["stdout"] == "given\n", job["result"]

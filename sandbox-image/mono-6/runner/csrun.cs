@@ -23,6 +23,9 @@
 // to stdout as one frame, "\0csrun-artifact <length>\n" + bytes, which the service keeps and strips.
 // Given such a frame ahead of the script on stdin, csrun runs it instead of compiling. Being written
 // before the script runs, the frame cannot be forged by the script.
+// Compile report (CSRUN_REPORT=1): first on stdout, before the artifact frame and anything of the
+// script's, "\0csrun-compiled <length>\n" + "<ok|failed|cached> <compile ms>\n" + the compiler's
+// messages (as on stderr). Written before the script runs, it cannot be forged by the script.
 // Written for C# 7.2 (what Mono 6.8's mcs accepts), without local functions.
 using System;
 using System.Collections.Generic;
@@ -98,6 +101,17 @@ public static class CsRun
         catch (Exception) { } // no frames: the container's exit tells
     }
 
+    static void Report(string status, long ms, string messages)
+    {
+        if (Environment.GetEnvironmentVariable("CSRUN_REPORT") != "1") return;
+        byte[] body = new UTF8Encoding(false).GetBytes(status + " " + ms + "\n" + messages);
+        byte[] head = Encoding.ASCII.GetBytes("\0csrun-compiled " + body.Length + "\n");
+        var stdout = Console.OpenStandardOutput();
+        stdout.Write(head, 0, head.Length);
+        stdout.Write(body, 0, body.Length);
+        stdout.Flush();
+    }
+
     static int Run(string[] args)
     {
         string mode = args.Length > 0 ? args[0] : "run";
@@ -121,25 +135,30 @@ public static class CsRun
             string[] parts = Encoding.UTF8.GetString(argList).Split('\0');
             for (int i = 0; i < parts.Length - 1; i++) ScriptArgs.Add(parts[i]); // each ended by a NUL
         }
+        AppDomain.CurrentDomain.SetData("csrun.args", ScriptArgs);
         byte[] stdinBytes = Frame(input, StdinMagic, ref offset);
         if (stdinBytes != null)
             Console.SetIn(new StreamReader(new MemoryStream(stdinBytes), new UTF8Encoding(false), false));
         if (cached != null)
         {
+            Report("cached", 0, cached.Messages);
             Console.Error.Write(cached.Messages);
             return Execute(Assembly.Load(cached.Assembly, cached.Symbols), cached.IsAsync);
         }
         string source = new UTF8Encoding(false).GetString(input, offset, input.Length - offset);
+        if (source.Length > 0 && source[0] == '\uFEFF') source = source.Substring(1); // a BOM after the frames
 
         Program program;
         try { program = Transform(source); }
-        catch (ScriptError e) { Console.Error.WriteLine(e.Message); return 1; }
+        catch (ScriptError e) { Report("failed", 0, e.Message + "\n"); Console.Error.WriteLine(e.Message); return 1; }
         if (mode == "transform") { Console.Out.Write(program.Text); return 0; }
 
         Directory.CreateDirectory(buildDir);
         string exe = Path.Combine(buildDir, "script.dll");
         string messages;
+        var watch = System.Diagnostics.Stopwatch.StartNew();
         bool ok = Compile(program.Text, Path.Combine(buildDir, "script.cs"), exe, out messages);
+        Report(ok ? "ok" : "failed", watch.ElapsedMilliseconds, messages);
         Console.Error.Write(messages);
         if (!ok) return 1;
         if (mode == "compile") return 0;
@@ -251,13 +270,13 @@ public static class CsRun
         {
             var head = new byte[warm.Length];
             int got = 0, n;
-            bool told = true;
-            while (told && got < head.Length && (n = stdin.Read(head, got, head.Length - got)) > 0)
+            bool warmUpAsked = true;
+            while (warmUpAsked && got < head.Length && (n = stdin.Read(head, got, head.Length - got)) > 0)
             {
-                for (int i = got; i < got + n; i++) told &= head[i] == warm[i];
+                for (int i = got; i < got + n; i++) warmUpAsked &= head[i] == warm[i];
                 got += n;
             }
-            if (told && got == head.Length) { WarmUp(buildDir); got = 0; }
+            if (warmUpAsked && got == head.Length) { WarmUp(buildDir); got = 0; }
             all.Write(head, 0, got);
             stdin.CopyTo(all);
             byte[] bytes = all.ToArray();
@@ -328,8 +347,6 @@ public static class CsRun
             AppDomain.CurrentDomain.AssemblyResolve += ResolvePackageAssembly;
         var type = assembly.GetType(ClassName);
         var entry = type.GetMethod(EntryName, BindingFlags.Public | BindingFlags.Static);
-        var argsField = type.GetField("Args", BindingFlags.Public | BindingFlags.Static);
-        if (argsField != null) argsField.SetValue(null, ScriptArgs);
         int code;
         try
         {
@@ -439,7 +456,9 @@ public static class CsRun
         sb.Append(usings).Append(types);
         sb.Append("public static class ").Append(ClassName).Append(" {\n");
         // dotnet-script's global `Args`: what follows `--` on its command line
-        sb.Append("public static System.Collections.Generic.IList<string> Args = new System.Collections.Generic.List<string>();\n");
+        // (read from the domain, not set afterwards: static initialisers that read it see the args)
+        sb.Append("public static System.Collections.Generic.IList<string> Args = (System.Collections.Generic.IList<string>)"
+                  + "System.AppDomain.CurrentDomain.GetData(\"csrun.args\") ?? new System.Collections.Generic.List<string>();\n");
         sb.Append(members);
         sb.Append("public static ").Append(isAsync ? "async Task<int> " : "int ").Append(EntryName).Append("() {\n");
         sb.Append(body);
