@@ -114,6 +114,10 @@ def labels(spec: SandboxSpec) -> dict[str, str]:
             **({f"{LABEL}.node": spec.node_id} if spec.node_id else {})}
 
 
+NAMESPACE = "dotnet-scripts"  #: the Ray namespace of the service's named actors
+POOL_PREFIX = "sandbox-pool-"  #: a pool actor's name: this, its node and its sandbox profile
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     """How a node pools sandboxes for an agent type."""

@@ -9,9 +9,11 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from cluster.agent_types import CATALOGUE
+from executors.spec import NAMESPACE, POOL_PREFIX
 from serve_app.deps import Services, get_services
 
 router = APIRouter(tags=["service"])
+POOL_ANSWER_S = 2.0  #: a pool busy longer than this is left out of the answer
 
 
 def _database(svc: Services) -> dict:
@@ -30,6 +32,20 @@ def _cluster(svc: Services) -> dict:
              for t in svc.settings.agent_types}
     # an agent type without nodes is not an outage: its jobs wait (and an autoscaler may add nodes)
     return {"status": "UP", "details": {"agentTypes": slots}}
+
+
+def _pools() -> dict:
+    """Each node's sandbox pools (executors/pool/): idle, warmed, starting and active sandboxes,
+    and their compiled-script caches. Informational: jobs run without pools too."""
+    found = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == NAMESPACE and actor["name"].startswith(POOL_PREFIX):
+            try:
+                found[actor["name"]] = ray.get(ray.get_actor(actor["name"], namespace=NAMESPACE).state.remote(),
+                                               timeout=POOL_ANSWER_S)
+            except (ray.exceptions.RayError, ValueError):
+                continue  # retired meanwhile, or busy: not shown this time
+    return {"status": "UP", "details": {"pools": found}}
 
 
 def _sandbox(svc: Services) -> dict:
@@ -52,11 +68,13 @@ def _sandbox(svc: Services) -> dict:
 
 @router.get("/actuator/health")
 async def health(svc: Services = Depends(get_services)):
-    db, cluster, sandbox = await asyncio.gather(
-        asyncio.to_thread(_database, svc), asyncio.to_thread(_cluster, svc), asyncio.to_thread(_sandbox, svc))
+    db, cluster, sandbox, pools = await asyncio.gather(
+        asyncio.to_thread(_database, svc), asyncio.to_thread(_cluster, svc), asyncio.to_thread(_sandbox, svc),
+        asyncio.to_thread(_pools))
     events = await svc.events.ping()  # without Redis the API still works: not part of UP/DOWN
     dispatcher = await svc.dispatcher.ping()
     up = all(c["status"] == "UP" for c in (db, cluster, dispatcher)) and sandbox["status"] != "DOWN"
     body = {"status": "UP" if up else "DOWN",
-            "components": {"db": db, "ray": cluster, "dispatcher": dispatcher, "sandbox": sandbox, "redis": events}}
+            "components": {"db": db, "ray": cluster, "dispatcher": dispatcher, "sandbox": sandbox, "redis": events,
+                           "pools": pools}}
     return JSONResponse(status_code=200 if up else 503, content=body)

@@ -15,11 +15,11 @@ import logging
 import ray
 
 from cluster.node import on_the_head
+from executors.spec import NAMESPACE
 from executors.task import run_job
 
 log = logging.getLogger("dotnet_scripts.launcher")
 
-NAMESPACE = "dotnet-scripts"
 NAME = "launcher"
 
 

@@ -26,11 +26,10 @@ from executors.nuget.spec import MOUNT_ROOT
 from executors.pool.compiled_cache import CompiledCache, packages_digest
 from executors.pool.packages import lend_packages
 from executors.sandbox import Sandbox, remove_sandbox, remove_job_sandbox
-from executors.spec import Outcome, PoolSpec, SandboxError, SandboxGone, SandboxSpec
+from executors.spec import NAMESPACE, POOL_PREFIX, Outcome, PoolSpec, SandboxError, SandboxGone, SandboxSpec
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "dotnet-scripts"
 MAX_IDLE_S = 1500.0  #: a pooled sandbox older than this is replaced (its reaper deadline is later)
 WARM_AFTER_S = 1.0  #: warmup "auto": the pool's idle runners warm up after this long without a job
 #: the refill a lone job left for later (`refill_now`) starts after this long without a job: longer
@@ -73,7 +72,7 @@ def node_slots(agent_type: str) -> int:
 
 def pool_name(node_id: str, spec: SandboxSpec, pool: PoolSpec) -> str:
     digest = hashlib.sha256(repr((template(spec, pool), pool.warmup, pool.packages_dir)).encode()).hexdigest()[:16]
-    return f"sandbox-pool-{node_id[:16]}-{digest}"
+    return f"{POOL_PREFIX}{node_id[:16]}-{digest}"
 
 
 def _lend(sandbox: Sandbox, mounts: tuple[tuple[str, str], ...]) -> None:
@@ -100,6 +99,7 @@ class SandboxPool:
             _remove_folders_of_dead_pools(self.packages.parent)
         self.cache = CompiledCache(pool.cache_mb << 20, spec.image)
         self.warmup = pool.warmup
+        self.agent_type = pool.agent_type
         self.slots = node_slots(pool.agent_type)
         self.size = pool.size if pool.size >= 0 else PER_SLOT * self.slots
         self.idle: deque[Sandbox] = deque()
@@ -263,19 +263,13 @@ class SandboxPool:
         finally:  # whatever happened: the teardown is off the job's path, but always happens
             threading.Thread(target=self._remove, args=(sandbox, spec.name), daemon=True).start()
 
-    def cache_stats(self) -> dict:
-        return self.cache.stats()
-
-    def capacity(self) -> int:
-        return self.size
-
-    def idle_count(self, warmed: bool = False) -> int:
+    def state(self) -> dict:
+        """What GET /actuator/health shows of it: its sandboxes and its compiled-script cache."""
         with self.lock:
-            return sum(1 for sandbox in self.idle if sandbox.warmed or not warmed)
-
-    def counts(self) -> dict[str, int]:
-        with self.lock:
-            return {"idle": len(self.idle), "starting": self.starting, "active": self.active}
+            counts = {"agentType": self.agent_type, "node": self.template.node_id, "capacity": self.size,
+                      "idle": len(self.idle), "warmed": sum(1 for s in self.idle if s.warmed),
+                      "starting": self.starting, "active": self.active}
+        return {**counts, "cache": self.cache.stats()}
 
 
 def _remove_folders_of_dead_pools(packages_dir: Path) -> None:

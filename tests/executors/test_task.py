@@ -77,7 +77,7 @@ def kill_pool(actor, before: set[str]) -> None:
 
     def dead() -> bool:
         try:
-            ray.get(actor.counts.remote(), timeout=5)
+            ray.get(actor.state.remote(), timeout=5)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return True
         return False
@@ -96,9 +96,9 @@ def test_the_pool_holds_sandboxes_per_slot_of_the_node_warmed_up_while_no_job_ru
     assert ray.get(list(gen)[-1])["outcome"].stdout == "pooled\n"
     pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, auto), namespace=NAMESPACE)
     try:
-        assert ray.get(pool.capacity.remote()) == PER_SLOT * 2  # the node offers 2 slots of the agent type
+        assert ray.get(pool.state.remote())["capacity"] == PER_SLOT * 2  # the node offers 2 slots of the agent type
         # no job runs: their runners are told to warm up
-        until(lambda: ray.get(pool.idle_count.remote(warmed=True)) >= PER_SLOT * 2, 60,
+        until(lambda: ray.get(pool.state.remote())["warmed"] >= PER_SLOT * 2, 60,
               "the pool filled and its runners warmed up", interval=0.5)
         # a warmed runner still runs its job like any other
         again = spec()
@@ -117,7 +117,7 @@ def test_a_lone_job_refills_the_pool_once_it_is_quiet_and_jobs_on_every_slot_ref
         return run_job.options(resources={MONO_6.name: 1}).remote(spec(), sleep.format(ms), pool)
 
     def counts() -> dict:
-        return ray.get(actor.counts.remote())
+        return ray.get(actor.state.remote())
 
     def counts_until(cond, what: str, timeout: float = 60) -> None:
         until(lambda: cond(counts()), timeout, lambda: f"{what}: {counts()}", interval=0.1)
@@ -209,7 +209,7 @@ def test_a_repeated_script_runs_from_the_pools_compiled_cache(local_ray):
     assert (again.exit_code, again.stdout, again.stderr) == (first.exit_code, first.stdout, first.stderr)
     assert first.stdout == "from the cache? 2\n" and "CS0219" in first.stderr  # its warning is replayed too
     pool = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), s, cached), namespace=NAMESPACE)
-    stats = ray.get(pool.cache_stats.remote())
+    stats = ray.get(pool.state.remote())["cache"]
     assert stats["entries"] == 1 and stats["hits"] == 1 and stats["misses"] == 1
     # the pool retires when idle and takes its sandboxes along
     until(lambda: not pooled_containers() - before, 30, "the idle pool took its sandboxes along", interval=0.5)
@@ -234,7 +234,7 @@ def test_a_job_with_packages_runs_in_a_pooled_sandbox_that_gets_only_its_package
 
     def pool_ready() -> None:
         actor = ray.get_actor(pool_name(ray.get_runtime_context().get_node_id(), spec(), pool), namespace=NAMESPACE)
-        until(lambda: ray.get(actor.idle_count.remote()) >= 1, 60, "the pool filled", interval=0.2)
+        until(lambda: ray.get(actor.state.remote())["idle"] >= 1, 60, "the pool filled", interval=0.2)
         return actor
 
     run('Console.WriteLine("fills the pool");')
@@ -247,7 +247,7 @@ def test_a_job_with_packages_runs_in_a_pooled_sandbox_that_gets_only_its_package
     pool_ready()
     again = run(script)  # the compiled script is reused: same packages (by content), same text
     assert (again.exit_code, again.stdout, again.stderr) == (first.exit_code, first.stdout, first.stderr)
-    assert ray.get(actor.cache_stats.remote())["hits"] == 1
+    assert ray.get(actor.state.remote())["cache"]["hits"] == 1
     pool_ready()
     bare = run('Console.WriteLine(Directory.GetDirectories("/nuget").Length);')
     assert bare.stdout == "0\n"  # nothing of the previous job's packages

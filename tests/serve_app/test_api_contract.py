@@ -218,7 +218,8 @@ def test_openapi_json_yaml_and_swagger_ui(client):
             assert client.get(a).status_code == 200, a
 
 
-def test_health_reports_its_components(client):
+def test_health_reports_its_components(client, jobs):
+    assert jobs.run('Console.WriteLine("pooled");')["result"]["stdout"] == "pooled\n"  # the node's pool exists
     h = client.get("/actuator/health").json()
     assert h["status"] == "UP"
     assert h["components"]["db"]["status"] == "UP"
@@ -226,6 +227,9 @@ def test_health_reports_its_components(client):
     sandbox = h["components"]["sandbox"]
     assert sandbox["status"] == "UP" and sandbox["details"]["images"][MONO]["present"] is True
     assert sandbox["details"]["runtime"] == "runsc"
+    pools = [p for p in h["components"]["pools"]["details"]["pools"].values() if p["agentType"] == MONO]
+    assert pools and all(p["capacity"] > 0 and p["idle"] + p["starting"] <= p["capacity"] and p["warmed"] <= p["idle"]
+                         and {"hits", "misses", "entries", "bytes"} <= set(p["cache"]) for p in pools), pools
 
 
 def log_once_it_has(service, text: str, timeout: float = 10) -> str:
