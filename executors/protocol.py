@@ -33,7 +33,12 @@ STDIN_MAGIC = b"\0csrun-stdin "
 def input_frames(args: tuple[str, ...] | list[str], stdin: bytes) -> bytes:
     """csrun's frames of the script's arguments (each ended by a NUL, which none may hold) and its
     standard input: length-prefixed, so no byte of either can pass for a frame or the script."""
-    return _frame(ARGS_MAGIC, b"".join(a.encode() + b"\0" for a in args)) + _frame(STDIN_MAGIC, stdin)
+    return _frame(ARGS_MAGIC, nul_ended(args)) + _frame(STDIN_MAGIC, stdin)
+
+
+def nul_ended(args: tuple[str, ...] | list[str]) -> bytes:
+    """The arguments, each ended by a NUL (`xargs -0`'s form; an empty one stays one)."""
+    return b"".join(a.encode() + b"\0" for a in args)
 
 
 #: how a runner (CSRUN_REPORT=1) reports its compile, first on stdout: "<status> <ms>\n" + messages

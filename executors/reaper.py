@@ -33,13 +33,7 @@ def reap(dead_nodes: set[str] = frozenset()) -> list[str]:
     """Removes orphaned sandboxes, whichever engine started them, and what they left behind.
     Returns their job ids."""
     now = time.time()
-    doomed = []
-    for engine in engines.ALL:
-        for key, labels in engine.sandboxes().items():
-            if orphaned(labels, now, dead_nodes):
-                engine.remove_listed(key, labels)
-                doomed.append(labels.get(LABEL, key))
-        engine.tidy()
+    doomed = _remove_where(lambda labels: orphaned(labels, now, dead_nodes))
     if doomed:
         log.info("reaped %d sandboxes", len(doomed))
     return doomed
@@ -48,11 +42,18 @@ def reap(dead_nodes: set[str] = frozenset()) -> list[str]:
 def remove_all() -> list[str]:
     """Removes every sandbox on this machine: only where nothing may be running yet (a machine
     that joins the cluster again, before its `ray start`). Returns their job ids."""
+    return _remove_where(lambda labels: True)
+
+
+def _remove_where(doomed) -> list[str]:
+    """Removes the sandboxes whose labels `doomed` picks, through their engines, and what the
+    engines' sandboxes left behind; their job ids."""
     removed = []
     for engine in engines.ALL:
         for key, labels in engine.sandboxes().items():
-            engine.remove_listed(key, labels)
-            removed.append(labels.get(LABEL, key))
+            if doomed(labels):
+                engine.remove_listed(key, labels)
+                removed.append(labels.get(LABEL, key))
         engine.tidy()
     return removed
 

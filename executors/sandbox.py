@@ -114,12 +114,13 @@ class Sandbox:
                 self.err.join(10)
             finished = datetime.now(timezone.utc)
             self.artifact = self.out.frame
+            told = dict(compiled=compile_report(self.out.frames.get(COMPILED_MAGIC)), cpu_ms=used[0],
+                        memory_peak_kb=used[1])
             if self.ended_by_frames:
                 return Outcome(
                     exit_code=int(self.out.ended.group(1)) & 0xFF, stdout=self.out.text(), stderr=self.err.text(),
                     stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,
-                    timed_out=False, out_of_memory=False, started_at=started, finished_at=finished,
-                    compiled=compile_report(self.out.frames.get(COMPILED_MAGIC)), cpu_ms=used[0], memory_peak_kb=used[1],
+                    timed_out=False, out_of_memory=False, started_at=started, finished_at=finished, **told,
                 )
             ended = self.engine.exit(self.spec, self.proc, self.name)
             if ended is None:  # our words only: what the sandbox wrote may be the script's
@@ -130,8 +131,7 @@ class Sandbox:
                 stdout=self.out.text(), stderr=self.err.text(),
                 stdout_truncated=self.out.truncated, stderr_truncated=self.err.truncated,
                 timed_out=timed_out, out_of_memory=killed_for_memory(ended, timed_out, kills, oom_kills()),
-                started_at=started, finished_at=finished,
-                compiled=compile_report(self.out.frames.get(COMPILED_MAGIC)), cpu_ms=used[0], memory_peak_kb=used[1],
+                started_at=started, finished_at=finished, **told,
             )
         finally:
             if remove:

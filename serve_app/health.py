@@ -37,14 +37,21 @@ def _cluster(svc: Services) -> dict:
 def _pools() -> dict:
     """Each node's sandbox pools (executors/pool/): idle, warmed, starting and active sandboxes,
     and their compiled-script caches. Informational: jobs run without pools too."""
-    found = {}
+    asked = {}
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if actor["namespace"] == NAMESPACE and actor["name"].startswith(POOL_PREFIX):
             try:
-                found[actor["name"]] = ray.get(ray.get_actor(actor["name"], namespace=NAMESPACE).state.remote(),
-                                               timeout=POOL_ANSWER_S)
-            except (ray.exceptions.RayError, ValueError):
-                continue  # retired meanwhile, or busy: not shown this time
+                asked[actor["name"]] = ray.get_actor(actor["name"], namespace=NAMESPACE).state.remote()
+            except ValueError:
+                continue  # retired meanwhile
+    ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=POOL_ANSWER_S) if asked else ([], [])
+    found = {}
+    for name, ref in asked.items():  # all asked at once; one busy past the timeout is left out
+        if ref in ready:
+            try:
+                found[name] = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue  # retired while it answered
     return {"status": "UP", "details": {"pools": found}}
 
 

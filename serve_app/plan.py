@@ -12,7 +12,7 @@ from pydantic.alias_generators import to_camel
 from cluster.agent_types import CATALOGUE
 from executors.nuget import config as nuget_config
 from executors.nuget.spec import NuGetSpec
-from executors.protocol import input_frames
+from executors.protocol import input_frames, nul_ended
 from executors.spec import Limits, PoolSpec, SandboxSpec
 from serve_app.config import LIMIT_FIELDS, Settings
 from serve_app.models import JobConfig, Payload
@@ -107,7 +107,7 @@ def runner_head(settings: Settings, payload: Payload) -> bytes:
     args = payload.args or ()
     if not CATALOGUE[payload.agent_type].config_on_stdin:
         return input_frames(args, stdin)
-    listed = b"".join(a.encode() + b"\0" for a in args)
+    listed = nul_ended(args)
     xml = nuget_config_xml(settings, payload.job_config).encode()
     return b"".join(b"%d\n%s" % (len(part), part) for part in (xml, stdin, listed))
 
